@@ -1,0 +1,34 @@
+SUITE ?= quick
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install bench run report test lint publish clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch>=2.3" "torchvision>=0.18"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+bench: install
+	$(PY) -m bench.cli run $(SUITE)
+	$(PY) -m bench.cli report $(SUITE)
+
+run: install
+	$(PY) -m bench.cli run $(SUITE)
+
+report: install
+	$(PY) -m bench.cli report $(SUITE)
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check bench methods tests
+
+clean:
+	rm -rf results

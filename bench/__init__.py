@@ -1,0 +1,20 @@
+"""lowrank-bench: a benchmark and leaderboard generator for network compression."""
+
+from bench.method import Cost, Method, MethodContext, NoParams, Target
+from bench.plugins import get_method, method_names, register_method
+
+__version__ = "0.1.0"
+# Bump when a change to the harness changes results: it is part of every cell id.
+HARNESS_VERSION = "1"
+
+__all__ = [
+    "Cost",
+    "HARNESS_VERSION",
+    "Method",
+    "MethodContext",
+    "NoParams",
+    "Target",
+    "get_method",
+    "method_names",
+    "register_method",
+]

@@ -1,0 +1,120 @@
+"""Expand a suite into cells, and the content-hash keys that make reruns cheap.
+
+A cell is (model, dataset, seed, method, params, target) plus the budgets and
+measurement settings that determine its result. Its id hashes all of that and
+the harness version, so a finished cell is never recomputed and a changed
+config reruns only what it changes. Labels and the suite name are display
+only and are not part of any key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from bench import HARNESS_VERSION
+from bench.method import Target
+from bench.plugins import get_method
+from bench.suite import DatasetSpec, LatencySpec, ModelSpec, Suite, TrainBudget
+
+
+def content_hash(obj: Any, length: int = 16) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def _spec(m: BaseModel) -> dict:
+    d = m.model_dump(mode="json")
+    d.pop("label", None)
+    return d
+
+
+class Cell(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    model: ModelSpec
+    dataset: DatasetSpec
+    seed: int
+    method: str
+    method_label: str
+    params: dict[str, Any]
+    target: dict[str, float] | None
+    train: TrainBudget
+    finetune: TrainBudget
+    latency: LatencySpec
+
+    @property
+    def target_obj(self) -> Target | None:
+        if self.target is None:
+            return None
+        (metric, ratio), = self.target.items()
+        return Target(metric, ratio)  # type: ignore[arg-type]
+
+    @property
+    def target_label(self) -> str:
+        t = self.target_obj
+        return t.label if t else "dense"
+
+    def baseline_key(self) -> str:
+        return content_hash({"v": HARNESS_VERSION, "model": _spec(self.model),
+                             "dataset": _spec(self.dataset), "seed": self.seed,
+                             "train": self.train.model_dump(mode="json")})
+
+    def training_key(self) -> str:
+        """Key of a "train" method's own trained model: shared by all its targets."""
+        return content_hash({"base": self.baseline_key(), "method": self.method,
+                             "params": self.params})
+
+    def group_key(self) -> tuple[str, str, int]:
+        return (content_hash(_spec(self.model)), content_hash(_spec(self.dataset)), self.seed)
+
+    @property
+    def id(self) -> str:
+        return content_hash({"v": HARNESS_VERSION, "base": self.baseline_key(),
+                             "method": self.method, "params": self.params,
+                             "target": self.target,
+                             "finetune": self.finetune.model_dump(mode="json"),
+                             "latency": self.latency.model_dump(mode="json")})
+
+    def describe(self) -> str:
+        return (f"{self.model.display}/{self.dataset.display} seed={self.seed} "
+                f"{self.method_label} {self.target_label}")
+
+
+def method_label(name: str, label: str | None, params: dict, grid_keys: list[str]) -> str:
+    if label:
+        suffix = ",".join(f"{k}={params[k]}" for k in grid_keys)
+        return f"{label}[{suffix}]" if grid_keys else label
+    if grid_keys:
+        return f"{name}[" + ",".join(f"{k}={params[k]}" for k in grid_keys) + "]"
+    return name
+
+
+def expand(suite: Suite) -> list[Cell]:
+    """All cells of a suite, grouped by (model, dataset, seed) in a stable order."""
+    cells: list[Cell] = []
+    for model in suite.models:
+        for dataset in suite.datasets:
+            for seed in suite.seeds:
+                for spec in suite.methods:
+                    cls = get_method(spec.name)
+                    targets = spec.targets if spec.targets is not None else suite.targets
+                    for params in spec.param_sets():
+                        full = cls.Params(**params).model_dump(mode="json")
+                        label = method_label(spec.name, spec.label, params, sorted(spec.grid))
+                        for target in (targets if cls.uses_target else [None]):
+                            cells.append(Cell(
+                                model=model, dataset=dataset, seed=seed, method=spec.name,
+                                method_label=label, params=full, target=target,
+                                train=suite.train, finetune=suite.finetune,
+                                latency=suite.latency))
+    seen: set[str] = set()
+    unique = []
+    for c in cells:
+        if c.id not in seen:
+            seen.add(c.id)
+            unique.append(c)
+    return unique

@@ -1,0 +1,118 @@
+"""The `lowrank-bench` command line: run, report, validate, methods, publish."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+RESULTS_ROOT = Path("results")
+REPORTS_ROOT = Path("reports")
+
+
+def _suite(args) -> tuple:
+    from bench.suite import load_suite
+
+    return load_suite(args.suite)
+
+
+def cmd_validate(args) -> int:
+    from bench.cells import expand
+
+    suite, path = _suite(args)
+    cells = expand(suite)
+    print(f"{path}: valid suite '{suite.name}' with {len(cells)} cells "
+          f"({len(suite.models)} models x {len(suite.datasets)} datasets x "
+          f"{len(suite.seeds)} seeds)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from bench.runner import run_suite
+
+    suite, path = _suite(args)
+    results = Path(args.results or RESULTS_ROOT / suite.name)
+    summary = run_suite(suite, results, data_root=args.data_root,
+                        retry_failed=args.retry_failed)
+    if summary.computed:
+        print(f"done: {summary.ok} ok, {len(summary.failed)} failed, {summary.skipped} reused, "
+              f"{summary.seconds:.1f}s; records in {results}/cells")
+    if summary.failed:
+        print("failed cells:", *summary.failed, sep="\n  ")
+        return 1
+    return 0
+
+
+def cmd_report(args) -> int:
+    from bench.report import build_report
+
+    suite, path = _suite(args)
+    results = Path(args.results or RESULTS_ROOT / suite.name)
+    out = Path(args.out or REPORTS_ROOT / suite.name)
+    written = build_report(suite, results, out)
+    print(f"report for '{suite.name}' written to {out}: " + ", ".join(p.name for p in written))
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from bench.plugins import get_method, method_names
+
+    for name in method_names():
+        cls = get_method(name)
+        summary = cls.description or (cls.__doc__ or "").strip().split("\n")[0]
+        print(f"{name}  [{cls.kind}]  {summary}")
+        for field, info in cls.Params.model_fields.items():
+            default = info.get_default(call_default_factory=True)
+            desc = f"  {info.description}" if info.description else ""
+            print(f"    {field} = {default!r}{desc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lowrank-bench",
+        description="Benchmark neural-network compression methods and render leaderboards.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="per-epoch training logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def suite_arg(p):
+        p.add_argument("suite", help="suite name under suites/ (quick) or a path to a YAML file")
+
+    p = sub.add_parser("run", help="run a suite's cells that have no record yet")
+    suite_arg(p)
+    p.add_argument("--results", help="results directory (default results/<suite>)")
+    p.add_argument("--data-root", help="where datasets live (default $LOWRANK_BENCH_DATA)")
+    p.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="render a suite's leaderboard from its records")
+    suite_arg(p)
+    p.add_argument("--results", help="results directory (default results/<suite>)")
+    p.add_argument("--out", help="output directory (default reports/<suite>)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("validate", help="check a suite file without running anything")
+    suite_arg(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("methods", help="list registered methods and their parameters")
+    p.set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s")
+    from bench.suite import SuiteError
+
+    try:
+        return args.func(args)
+    except SuiteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

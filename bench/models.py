@@ -1,0 +1,117 @@
+"""Build models by name: small built-ins, or any timm model with pretrained=False."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.registry import Registry, unknown_message
+
+Builder = Callable[..., nn.Module]
+BUILTIN_MODELS: Registry[Builder] = Registry("model")
+register_model = BUILTIN_MODELS.decorator
+
+
+class MLP(nn.Module):
+    """Flatten -> [Linear -> ReLU] x len(hidden) -> Linear classifier."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...] = (256, 128)):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@register_model("mlp")
+def build_mlp(num_classes: int, in_chans: int, img_size: int,
+              hidden: list[int] | tuple[int, ...] = (256, 128)) -> nn.Module:
+    return MLP(in_chans * img_size * img_size, num_classes, tuple(hidden))
+
+
+def is_known_model(name: str) -> bool:
+    if name in BUILTIN_MODELS:
+        return True
+    import timm
+
+    return timm.is_model(name)
+
+
+def model_names_message(name: str) -> str:
+    import timm
+
+    candidates = BUILTIN_MODELS.names() + timm.list_models()
+    msg = unknown_message("model", name, candidates)
+    # timm has ~1,300 names: keep the suggestion, shorten the list
+    head, _, _ = msg.partition(" Available:")
+    builtins = ", ".join(BUILTIN_MODELS.names())
+    return f"{head} Available: the built-ins {builtins} or any name in timm.list_models()"
+
+
+def adapt_stem_for_small_images(model: nn.Module) -> nn.Module:
+    """The usual CIFAR stem: first conv 3x3 stride 1, and no max-pool after it.
+
+    Works for timm ResNet-style models (``conv1``/``stem`` + ``maxpool``); a model
+    without a first Conv2d is returned unchanged.
+    """
+    first_conv_path = None
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            first_conv_path = path
+            break
+    if first_conv_path is None:
+        return model
+    conv: nn.Conv2d = model.get_submodule(first_conv_path)
+    new = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=3, stride=1, padding=1,
+                    bias=conv.bias is not None)
+    _set_submodule(model, first_conv_path, new)
+    for path, module in list(model.named_modules()):
+        if isinstance(module, nn.MaxPool2d):
+            _set_submodule(model, path, nn.Identity())
+            break
+    return model
+
+
+def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, attr, new)
+
+
+def build_model(name: str, num_classes: int, in_chans: int, img_size: int,
+                kwargs: dict[str, Any] | None = None, stem: str | None = None,
+                checkpoint: str | Path | None = None) -> nn.Module:
+    """A fresh model for the dataset's shape. Pretrained weights only from a local file."""
+    kwargs = {k: v for k, v in (kwargs or {}).items() if v is not None}
+    if name in BUILTIN_MODELS:
+        model = BUILTIN_MODELS.get(name)(num_classes=num_classes, in_chans=in_chans,
+                                         img_size=img_size, **kwargs)
+    else:
+        import timm
+
+        if not timm.is_model(name):
+            raise ValueError(model_names_message(name))
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=num_classes,
+                                      in_chans=in_chans, **{"img_size": img_size, **kwargs})
+        except TypeError:  # this family has no img_size argument (CNNs)
+            model = timm.create_model(name, pretrained=False, num_classes=num_classes,
+                                      in_chans=in_chans, **kwargs)
+    if stem == "cifar":
+        model = adapt_stem_for_small_images(model)
+    elif stem not in (None, "default"):
+        raise ValueError(f"Unknown stem '{stem}'. Allowed: default, cifar")
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    return model

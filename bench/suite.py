@@ -1,0 +1,241 @@
+"""Suites as data: a YAML file validated by pydantic and expanded into cells.
+
+Every error names the file, the field, the bad value and what is allowed, and
+is raised before any compute starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bench.registry import UnknownNameError, unknown_message
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+
+
+def _parse_target(t: dict[str, float]) -> dict[str, float]:
+    if len(t) != 1:
+        raise ValueError(f"a target has exactly one key, 'params' or 'macs'; got {t}")
+    (metric, ratio), = t.items()
+    if metric not in ("params", "macs"):
+        raise ValueError(unknown_message("target metric", metric, ["params", "macs"]))
+    if not 0 < float(ratio) <= 1:
+        raise ValueError(f"target ratio must be in (0, 1]; got {metric}: {ratio}")
+    return {metric: float(ratio)}
+
+
+TargetDict = Annotated[dict[str, float], AfterValidator(_parse_target)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(Strict):
+    name: str = Field(description="registered dataset name (digits, fashion-mnist, ...)")
+    options: dict[str, Any] = Field(default_factory=dict, description="loader options")
+    label: str | None = Field(default=None, description="name shown in reports")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from bench.data import DATASETS
+
+        if v not in DATASETS:
+            raise ValueError(unknown_message("dataset", v, DATASETS.names()))
+        return v
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class ModelSpec(Strict):
+    name: str = Field(description="a built-in (mlp) or any timm model name")
+    label: str | None = Field(default=None, description="name shown in reports")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the builder")
+    stem: Literal["default", "cifar"] = Field(
+        default="default", description="'cifar': 3x3 stride-1 first conv, no max-pool")
+    checkpoint: str | None = Field(default=None, description="local pretrained state_dict")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from bench.models import is_known_model, model_names_message
+
+        if not is_known_model(v):
+            raise ValueError(model_names_message(v))
+        return v
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class TrainBudget(Strict):
+    epochs: int = Field(default=10, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+    optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: int = Field(default=0, ge=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    augment: bool = True
+
+
+class LatencySpec(Strict):
+    batch_sizes: tuple[int, ...] = (1, 64)
+    threads: int = Field(default=1, ge=1, description="CPU threads used for timing")
+    warmup: int = Field(default=10, ge=0)
+    min_runs: int = Field(default=30, ge=1)
+    min_seconds: float = Field(default=0.5, ge=0)
+    cuda: Literal["auto", "off"] = "auto"
+
+
+class MethodSpec(Strict):
+    name: str = Field(description="registered method name or 'pkg.module:Class'")
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict,
+                                       description="each combination becomes its own entry")
+    targets: list[TargetDict] | None = Field(
+        default=None, description="override the suite's targets for this method")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from bench.plugins import get_method
+
+        try:
+            get_method(v)
+        except UnknownNameError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _params_valid(self) -> MethodSpec:
+        from bench.plugins import get_method
+
+        cls = get_method(self.name)
+        for combo in self.param_sets():
+            try:
+                cls.Params(**combo)
+            except ValidationError as exc:
+                allowed = ", ".join(cls.Params.model_fields) or "(none)"
+                problems = "; ".join(
+                    f"params.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+                    for e in exc.errors())
+                raise ValueError(
+                    f"invalid parameters for method '{self.name}': {problems}. "
+                    f"Parameters of '{self.name}': {allowed}") from None
+        return self
+
+    def param_sets(self) -> list[dict[str, Any]]:
+        if not self.grid:
+            return [dict(self.params)]
+        keys = sorted(self.grid)
+        return [{**self.params, **dict(zip(keys, values))}
+                for values in itertools.product(*(self.grid[k] for k in keys))]
+
+
+class Suite(Strict):
+    name: str
+    description: str = ""
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    models: list[ModelSpec] = Field(min_length=1)
+    methods: list[MethodSpec] = Field(min_length=1)
+    targets: list[TargetDict] = Field(min_length=1)
+    seeds: list[int] = Field(default=[0], min_length=1)
+    train: TrainBudget = TrainBudget()
+    finetune: TrainBudget = TrainBudget(epochs=2, lr=1e-4)
+    latency: LatencySpec = LatencySpec()
+    data_note: str | None = Field(default=None, description="shown in the report header")
+
+    def hash(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class SuiteError(ValueError):
+    """A suite file is invalid; the message says where and how."""
+
+
+def resolve_suite_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise SuiteError(f"Suite file '{p}' does not exist")
+        return p
+    candidate = SUITES_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        available = sorted(f.stem for f in SUITES_DIR.glob("*.yaml"))
+        raise SuiteError(unknown_message("suite", str(name_or_path), available))
+    return candidate
+
+
+def load_suite(name_or_path: str | Path) -> tuple[Suite, Path]:
+    path = resolve_suite_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SuiteError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{path}: a suite is a mapping with keys {', '.join(Suite.model_fields)}")
+    raw.setdefault("name", path.stem)
+    try:
+        return Suite(**raw), path
+    except ValidationError as exc:
+        raise SuiteError(format_validation_error(path, exc, raw)) from None
+
+
+def format_validation_error(path: Path, exc: ValidationError, raw: dict) -> str:
+    lines = [f"{path}: invalid suite ({exc.error_count()} problem(s))"]
+    for err in exc.errors():
+        loc = err["loc"]
+        where = _loc_str(loc)
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_fields(loc[:-1])
+            msg = unknown_message("field", str(loc[-1]), allowed)
+            lines.append(f"  {where}: {msg}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+        lines.append(f"  {where}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _loc_str(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+_LIST_ITEMS = {"datasets": DatasetSpec, "models": ModelSpec, "methods": MethodSpec}
+_SUBMODELS = {"train": TrainBudget, "finetune": TrainBudget, "latency": LatencySpec}
+
+
+def _allowed_fields(loc: tuple) -> list[str]:
+    named = [p for p in loc if isinstance(p, str)]
+    if not named:
+        return list(Suite.model_fields)
+    cls = _LIST_ITEMS.get(named[0]) or _SUBMODELS.get(named[0])
+    return list(cls.model_fields) if cls else []

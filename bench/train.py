@@ -1,0 +1,176 @@
+"""The one training loop every method shares, and evaluation.
+
+The harness owns the optimizer, schedule and data order so that every method
+is trained and fine-tuned under the same budget; methods only add a loss term
+and react to steps and epochs through their hooks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.data.base import DataBundle
+from bench.method import Method, MethodContext
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+@dataclass
+class TrainStats:
+    seconds: float = 0.0
+    epochs: int = 0
+    steps: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float,
+                   momentum: float = 0.9) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               nesterov=momentum > 0)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"Unknown optimizer '{name}'. Allowed: sgd, adamw, adam")
+
+
+def train(
+    model: nn.Module,
+    data: DataBundle,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    schedule: str = "cosine",
+    warmup_epochs: int = 0,
+    label_smoothing: float = 0.0,
+    augment: bool = True,
+    seed: int = 0,
+    method: Method | None = None,
+    ctx: MethodContext | None = None,
+    phase: str = "train",
+    progress=None,
+) -> TrainStats:
+    """Train in place. ``method``/``ctx`` supply the hooks; ``progress(dict)`` gets epoch stats."""
+    stats = TrainStats()
+    if epochs <= 0:
+        return stats
+    device = next(model.parameters()).device
+    opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, momentum)
+    steps_per_epoch = math.ceil(len(data.train) / batch_size)
+    total = epochs * steps_per_epoch
+    warmup = warmup_epochs * steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress_ = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    gen = torch.Generator().manual_seed(seed)
+    if ctx is not None:
+        ctx.phase = phase  # type: ignore[assignment]
+        ctx.epochs = epochs
+    start = time.perf_counter()
+    step = 0
+    for epoch in range(epochs):
+        model.train()
+        if ctx is not None:
+            ctx.epoch = epoch
+        loss_sum, correct, seen = 0.0, 0, 0
+        for x, y in data.batches("train", batch_size, shuffle=True, generator=gen,
+                                 augment=augment):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if method is not None and ctx is not None:
+                ctx.step = step
+                method.before_step(model, ctx)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            total_loss = loss
+            if method is not None and ctx is not None:
+                reg = method.regularizer(model, ctx)
+                if reg is not None:
+                    total_loss = total_loss + reg
+            if not torch.isfinite(total_loss):
+                raise NonFiniteLossError(
+                    f"non-finite loss {float(total_loss)} at epoch {epoch}, step {step} ({phase})")
+            opt.zero_grad(set_to_none=True)
+            total_loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        row = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
+               "train_acc": correct / max(seen, 1)}
+        if method is not None and ctx is not None:
+            method.on_epoch_end(model, ctx)
+        stats.history.append(row)
+        if progress is not None:
+            progress(row)
+    stats.seconds = time.perf_counter() - start
+    stats.epochs = epochs
+    stats.steps = step
+    return stats
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: DataBundle, split: str = "test",
+             batch_size: int = 512) -> dict[str, float]:
+    """Top-1 (and top-5 when there are more than 5 classes) accuracy and mean loss."""
+    model.eval()
+    device = next(model.parameters()).device
+    n, correct1, correct5, loss_sum = 0, 0, 0, 0.0
+    for x, y in data.batches(split, batch_size):
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct1 += int((logits.argmax(1) == y).sum())
+        if data.num_classes > 5:
+            top5 = logits.topk(5, dim=1).indices
+            correct5 += int((top5 == y.unsqueeze(1)).any(1).sum())
+        n += len(y)
+    out = {"top1": correct1 / n, "loss": loss_sum / n}
+    if data.num_classes > 5:
+        out["top5"] = correct5 / n
+    return out
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches, max_batches: int = 20) -> bool:
+    """Re-estimate BatchNorm running statistics on training batches. True if any BN."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return False
+    saved = {m: m.momentum for m in bns}
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = model.training
+    model.train()
+    device = next(model.parameters()).device
+    for i, (x, _) in enumerate(batches):
+        if i >= max_batches:
+            break
+        model(x.to(device))
+    for m, mom in saved.items():
+        m.momentum = mom
+    model.train(was_training)
+    return True

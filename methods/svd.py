@@ -1,0 +1,74 @@
+"""Truncated SVD of Linear and Conv2d layers, ranks chosen to meet a budget.
+
+Each selected layer W (out x in, or out x in*k*k for a conv) becomes
+U_r sqrt(S_r) @ sqrt(S_r) V_r^T deployed as two real layers (see
+methods.layers). Ranks come from one of the rules in methods.layers.ranks and
+are searched so the whole model's params or MACs land at or under the target.
+Post-training: the harness fine-tunes afterwards under the common budget.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from bench import Method, MethodContext, Target, register_method
+from methods.layers import factorize, layer_positions, select_layers, set_module, weight_matrix
+from methods.layers.ranks import LayerSpectrum, RankSelection, choose_ranks
+
+
+class SVDParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rank_selection: RankSelection = Field(
+        default="local", description="local (same fraction), global (pooled normalised "
+        "singular values) or energy (kept spectral energy)")
+    include: list[str] = Field(default_factory=list, description="module path patterns to use")
+    exclude: list[str] = Field(default_factory=list, description="module path patterns to skip")
+    skip_first_conv: bool = True
+    skip_classifier: bool = True
+
+
+def layer_spectra(model: nn.Module, layers: dict[str, nn.Module],
+                  input_shape: tuple[int, ...]) -> list[LayerSpectrum]:
+    positions = layer_positions(model, layers, input_shape)
+    spectra = []
+    for path, layer in layers.items():
+        w = weight_matrix(layer)
+        s = torch.linalg.svdvals(w.double().cpu())
+        spectra.append(LayerSpectrum(path, s, w.shape[1], w.shape[0], positions.get(path, 0)))
+    return spectra
+
+
+def decompose_to_budget(model: nn.Module, target: Target, ctx: MethodContext,
+                        layers: dict[str, nn.Module], selection: RankSelection) -> nn.Module:
+    """Factorize ``layers`` of ``model`` in place with ranks that meet ``target``."""
+    spectra = layer_spectra(model, layers, ctx.input_shape)
+    dense_total = ctx.measure(model).get(target.metric)
+    reference = ctx.dense_cost.get(target.metric) if ctx.dense_cost else dense_total
+    budget = target.ratio * reference
+    ranks = choose_ranks(spectra, selection, target.metric, dense_total, budget)
+    for path, rank in ranks.items():
+        if rank is not None:
+            set_module(model, path, factorize(layers[path], rank))
+    ctx.record("ranks", {p: r for p, r in ranks.items()})
+    ctx.record("full_ranks", {sp.path: sp.full_rank for sp in spectra})
+    return model
+
+
+@register_method
+class SVD(Method):
+    """Post-training truncated SVD (the baseline every low-rank method must beat)."""
+
+    name = "svd"
+    kind = "post"
+    Params = SVDParams
+    description = "truncated SVD per layer, deployed as two thin layers"
+
+    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
+        if target is None:
+            return model
+        p: SVDParams = self.params
+        layers = select_layers(model, p.include or None, p.exclude or None,
+                               p.skip_first_conv, p.skip_classifier)
+        return decompose_to_budget(model, target, ctx, layers, p.rank_selection)
