@@ -70,10 +70,11 @@ class MethodContext:
     val_batches: Callable[[], Iterator[tuple[Tensor, Tensor]]]
     measure: Callable[[nn.Module], Cost]
     dense_cost: Cost | None = None
+    train_fn: Callable[..., Any] | None = None
     input_shape: tuple[int, ...] = ()
     num_classes: int = 0
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("lowrank_bench"))
-    phase: Literal["train", "finetune"] = "train"
+    phase: str = "train"  # "train", "finetune", or a method's own phase
     epoch: int = 0
     epochs: int = 0
     step: int = 0
@@ -84,6 +85,19 @@ class MethodContext:
             raise RuntimeError("dense_cost is not set in this context")
         cost = self.measure(model)
         return cost.get(target.metric) <= target.ratio * self.dense_cost.get(target.metric) + slack
+
+    def train(self, model: nn.Module, epochs: int | None = None, method: Method | None = None,
+              phase: str = "method", **overrides: Any) -> Any:
+        """Train ``model`` with the harness's loop and the suite's training budget.
+
+        For methods that need training of their own inside ``compress`` (a
+        regularization phase, a smaller model trained from scratch): the loop,
+        optimizer, schedule and data order stay the harness's, so the budget is
+        the same for every method. ``method`` supplies regularizer/hooks.
+        """
+        if self.train_fn is None:
+            raise RuntimeError("this context has no training function")
+        return self.train_fn(model, epochs=epochs, method=method, phase=phase, **overrides)
 
     def record(self, key: str, value: Any) -> None:
         """Store method-specific facts (chosen ranks, ...) in the cell's record."""

@@ -86,14 +86,22 @@ class GroupRunner:
         gen = torch.Generator().manual_seed(cell.seed)
         bs = cell.train.batch_size
         shape = self.data.input_shape
-        return MethodContext(
-            device=self.device, generator=gen, seed=cell.seed,
+        def train_fn(model, epochs=None, method=None, phase="method", **overrides):
+            kw = {**budget_kwargs(cell.train), **overrides}
+            if epochs is not None:
+                kw["epochs"] = epochs
+            return train(model, self.data, seed=cell.seed + 2, method=method, ctx=ctx,
+                         phase=phase, **kw)
+
+        ctx = MethodContext(
+            device=self.device, generator=gen, seed=cell.seed, train_fn=train_fn,
             calibration_batches=lambda: self.data.batches(
                 "train", bs, shuffle=True, generator=torch.Generator().manual_seed(cell.seed)),
             val_batches=lambda: self.data.batches("val", 256),
             measure=lambda model: measure_cost(model, shape),
             dense_cost=dense_cost, input_shape=shape, num_classes=self.data.num_classes,
             logger=log)
+        return ctx
 
     def baseline(self, cell: Cell) -> tuple[nn.Module, float]:
         """The trained dense model of this group and its training seconds (cached)."""
