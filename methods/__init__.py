@@ -1,5 +1,9 @@
 """In-tree method plugins. Importing this package registers them."""
 
-from methods import dense, svd  # noqa: F401
+from methods import (  # noqa: F401
+    dense,
+    lorita,
+    svd,
+)
 
-__all__ = ["dense", "svd"]
+__all__ = ["dense", "lorita", "svd"]

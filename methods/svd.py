@@ -41,18 +41,39 @@ def layer_spectra(model: nn.Module, layers: dict[str, nn.Module],
 
 
 def decompose_to_budget(model: nn.Module, target: Target, ctx: MethodContext,
-                        layers: dict[str, nn.Module], selection: RankSelection) -> nn.Module:
-    """Factorize ``layers`` of ``model`` in place with ranks that meet ``target``."""
+                        layers: dict[str, nn.Module], selection: RankSelection,
+                        max_attempts: int = 5) -> nn.Module:
+    """Factorize ``layers`` of ``model`` in place with ranks that meet ``target``.
+
+    Ranks come from the closed-form cost model of :mod:`methods.layers.ranks`;
+    the result is then measured with ``ctx.measure`` and, should the measured
+    cost still exceed the budget (ops the closed form does not see), the search
+    is repeated against a budget lowered by the overshoot. Layers whose
+    factorized form would not be cheaper are left as they are.
+    """
     spectra = layer_spectra(model, layers, ctx.input_shape)
-    dense_total = ctx.measure(model).get(target.metric)
-    reference = ctx.dense_cost.get(target.metric) if ctx.dense_cost else dense_total
+    metric = target.metric
+    dense_total = ctx.measure(model).get(metric)
+    reference = ctx.dense_cost.get(metric) if ctx.dense_cost else dense_total
     budget = target.ratio * reference
-    ranks = choose_ranks(spectra, selection, target.metric, dense_total, budget)
-    for path, rank in ranks.items():
-        if rank is not None:
-            set_module(model, path, factorize(layers[path], rank))
-    ctx.record("ranks", {p: r for p, r in ranks.items()})
+    goal = budget
+    ranks: dict[str, int | None] = {}
+    achieved = dense_total
+    for _ in range(max_attempts):
+        ranks = choose_ranks(spectra, selection, metric, dense_total, goal)
+        for path, layer in layers.items():
+            rank = ranks.get(path)
+            set_module(model, path, layer if rank is None else factorize(layer, rank))
+        achieved = ctx.measure(model).get(metric)
+        if achieved <= budget or all(r == 1 for r in ranks.values() if r is not None):
+            break
+        goal -= achieved - budget
+    ctx.record("ranks", dict(ranks))
     ctx.record("full_ranks", {sp.path: sp.full_rank for sp in spectra})
+    ctx.record("rank_selection", selection)
+    if achieved > budget:
+        ctx.logger.warning("%s budget %s not reachable: %.4f of dense", metric, target.label,
+                           achieved / reference)
     return model
 
 

@@ -107,3 +107,13 @@ def choose_ranks(spectra: list[LayerSpectrum], selection: RankSelection, metric:
         else:
             hi = mid
     return best
+
+
+def effective_rank(singular_values: Tensor, energy: float = 0.99) -> int:
+    """Number of leading singular values holding ``energy`` of the sum of their squares."""
+    s2 = singular_values.double() ** 2
+    total = s2.sum()
+    if total <= 0:
+        return 0
+    kept = torch.cumsum(s2, 0) / total
+    return int((kept < energy - 1e-12).sum()) + 1
