@@ -25,8 +25,7 @@ from torch import nn
 
 from bench.cells import Cell, expand
 from bench.data import DataBundle, load_dataset
-from bench.measure import count_params, environment, measure_cost
-from bench.measure.latency import time_model
+from bench.measure import environment, measure_cost, measure_deployable
 from bench.method import Cost, Method, MethodContext
 from bench.models import build_model
 from bench.plugins import get_method
@@ -198,37 +197,9 @@ class GroupRunner:
         return self.record(cell, "ok", metrics=metrics, cost=cost, method_info=ctx.info)
 
     def measure(self, model: nn.Module, cell: Cell, dense_cost: Cost) -> dict[str, Any]:
-        c = measure_cost(model, self.data.input_shape)
-        out: dict[str, Any] = {
-            "params": c.params, "macs": c.macs, "flops": 2 * c.macs,
-            "dense_params": dense_cost.params, "dense_macs": dense_cost.macs,
-            "params_ratio": c.params / dense_cost.params,
-            "macs_ratio": c.macs / dense_cost.macs,
-        }
-        t = cell.target_obj
-        if t is not None:
-            achieved = out[f"{t.metric}_ratio"]
-            out["budget"] = {"metric": t.metric, "ratio": t.ratio, "achieved": achieved,
-                             "met": achieved <= t.ratio + 1e-9,
-                             "over_by": max(0.0, achieved - t.ratio)}
-        lat = cell.latency
-        cpu_model = copy.deepcopy(model).to("cpu")
-        out["latency"] = {"cpu": {
-            f"b{bs}": time_model(cpu_model, self.data.input_shape, bs, "cpu",
-                                 threads=lat.threads, warmup=lat.warmup, min_runs=lat.min_runs,
-                                 min_seconds=lat.min_seconds).summary()
-            for bs in lat.batch_sizes}}
-        if lat.cuda == "auto" and torch.cuda.is_available():
-            gpu_model = copy.deepcopy(model).to("cuda")
-            out["latency"]["cuda"] = {
-                f"b{bs}": time_model(gpu_model, self.data.input_shape, bs, "cuda",
-                                     warmup=lat.warmup, min_runs=lat.min_runs,
-                                     min_seconds=lat.min_seconds).summary()
-                for bs in lat.batch_sizes}
-        else:
-            out["latency"]["cuda"] = None
-        out["param_count_check"] = count_params(model)
-        return out
+        """All figures of the deployable model: see bench.measure.measure_deployable."""
+        return measure_deployable(model, self.data.input_shape, cell.latency, dense_cost,
+                                  cell.target_obj)
 
     def record(self, cell: Cell, status: str, **extra: Any) -> dict:
         return {
@@ -239,7 +210,7 @@ class GroupRunner:
             "target": cell.target, "target_label": cell.target_label,
             "cell": cell.model_dump(mode="json"),
             "data_info": self.data.info,
-            "env": environment(),
+            "env": environment(self.suite_hash),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             **extra,
         }

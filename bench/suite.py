@@ -107,6 +107,12 @@ class LatencySpec(Strict):
     min_runs: int = Field(default=30, ge=1)
     min_seconds: float = Field(default=0.5, ge=0)
     cuda: Literal["auto", "off"] = "auto"
+    max_runs: int = Field(default=10_000, ge=1, description="cap on timed runs per measurement")
+    channels_last: bool = Field(
+        default=False, description="also time a channels_last copy (image inputs), separately")
+    compile: bool = Field(
+        default=False, description="also time a torch.compile copy, recorded separately")
+    compile_backend: str = Field(default="inductor", description="torch.compile backend")
 
 
 class MethodSpec(Strict):

@@ -1,7 +1,26 @@
-"""Measurements: params/MACs, latency, provenance."""
+"""Measurements: params/MACs (two counters), latency, memory, size, provenance.
 
-from bench.measure.counting import count_macs, count_params, measure_cost
+``measure_deployable`` is the one front door the runner uses; the modules
+below it each own one concern.
+"""
+
+from bench.measure.counting import count_macs, count_params, mac_report, measure_cost
+from bench.measure.deploy import measure_deployable
 from bench.measure.environment import environment
-from bench.measure.latency import Latency, time_model
+from bench.measure.latency import Latency, summarize, time_model
+from bench.measure.memory import PeakRSS
+from bench.measure.size import safetensors_bytes
 
-__all__ = ["Latency", "count_macs", "count_params", "environment", "measure_cost", "time_model"]
+__all__ = [
+    "Latency",
+    "PeakRSS",
+    "count_macs",
+    "count_params",
+    "environment",
+    "mac_report",
+    "measure_cost",
+    "measure_deployable",
+    "safetensors_bytes",
+    "summarize",
+    "time_model",
+]

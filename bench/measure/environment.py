@@ -1,4 +1,8 @@
-"""Provenance: what ran, where, with which versions."""
+"""Provenance: what ran, where, with which versions.
+
+Every record carries this, so a figure can be traced to the software, the
+hardware, the thread settings, the project commit and the suite that made it.
+"""
 
 from __future__ import annotations
 
@@ -44,8 +48,17 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
         return None
 
 
-@lru_cache(maxsize=1)
-def environment() -> dict:
+def cpu_cores_available() -> int | None:
+    """Cores this process may run on (the affinity mask), which can be fewer than the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
+
+
+@lru_cache(maxsize=8)
+def environment(suite_hash: str | None = None) -> dict:
+    """Versions, hardware, thread settings, git commit and (when given) the suite hash."""
     gpu = None
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -60,9 +73,15 @@ def environment() -> dict:
         "platform": platform.platform(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_cores_available": cpu_cores_available(),
         "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "numpy": _version("numpy"),
+        "safetensors": _version("safetensors"),
+        "mkldnn": torch.backends.mkldnn.is_available(),
         "gpu": gpu,
         "git_commit": git_commit(),
+        "suite_hash": suite_hash,
     }
 
 

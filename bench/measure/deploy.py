@@ -1,0 +1,122 @@
+"""One front door for measuring a deployable model: counts, latency, memory, size.
+
+``measure_deployable`` returns the ``metrics`` part of a result record. Keys the
+reports rely on (params, macs, flops, ratios, dense figures, budget, latency
+cpu/cuda by batch) keep their meaning; everything else is added beside them.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from bench.measure.counting import count_params, mac_report
+from bench.measure.latency import time_model
+from bench.measure.size import safetensors_bytes, tensor_bytes
+from bench.method import Cost, Target
+
+log = logging.getLogger("lowrank_bench")
+
+
+class LatencySettings(Protocol):
+    """What timing needs from a suite's ``latency`` block (bench.suite.LatencySpec)."""
+
+    batch_sizes: tuple[int, ...]
+    threads: int
+    warmup: int
+    min_runs: int
+    min_seconds: float
+    cuda: str
+
+
+def _timing_kwargs(spec: LatencySettings) -> dict[str, Any]:
+    return {"warmup": spec.warmup, "min_runs": spec.min_runs, "min_seconds": spec.min_seconds,
+            "max_runs": getattr(spec, "max_runs", 10_000)}
+
+
+def _variants(spec: LatencySettings, input_shape: tuple[int, ...]) -> list[tuple[str, dict]]:
+    """(record key suffix, time_model kwargs) for eager and each requested variant."""
+    out: list[tuple[str, dict]] = [("", {})]
+    if getattr(spec, "channels_last", False):
+        out.append(("_channels_last", {"channels_last": True}))
+    if getattr(spec, "compile", False):
+        out.append(("_compile", {"compile": True,
+                                 "compile_backend": getattr(spec, "compile_backend", "inductor")}))
+    return out
+
+
+def time_all(model: nn.Module, input_shape: tuple[int, ...], spec: LatencySettings,
+             device: str) -> dict[str, Any]:
+    """``{device[_variant]: {b<batch>: summary}}``; a failing variant records its error."""
+    threads = spec.threads if device == "cpu" else None
+    out: dict[str, Any] = {}
+    for suffix, kw in _variants(spec, input_shape):
+        if kw.get("channels_last") and len(input_shape) != 3:
+            out[f"{device}{suffix}"] = {"skipped": f"input {input_shape} is not an image (C,H,W)"}
+            continue
+        by_batch: dict[str, Any] = {}
+        for bs in spec.batch_sizes:
+            try:
+                lat = time_model(model, input_shape, bs, device, threads=threads,
+                                 **_timing_kwargs(spec), **kw)
+                by_batch[f"b{bs}"] = lat.summary()
+            except Exception as exc:
+                if not suffix:
+                    raise
+                log.warning("latency variant %s%s b%d failed: %s", device, suffix, bs, exc)
+                by_batch[f"b{bs}"] = {"error": f"{type(exc).__name__}: {exc}"}
+        out[f"{device}{suffix}"] = by_batch
+    return out
+
+
+def _max_of(latency: dict[str, Any], key: str, field: str) -> float | None:
+    values = [s.get(field) for s in (latency.get(key) or {}).values() if isinstance(s, dict)]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def measure_deployable(model: nn.Module, input_shape: tuple[int, ...],
+                       latency_spec: LatencySettings, dense_cost: Cost,
+                       target: Target | None) -> dict[str, Any]:
+    """All measurements of a deployable model, as the ``metrics`` of its record.
+
+    MACs from both counters (with uncounted ops and per-layer own MACs), ratios
+    against ``dense_cost``, the budget verdict for ``target``, CPU latency at
+    each batch size (plus requested variants), CUDA latency and peak memory when
+    a GPU is present and enabled, approximate CPU peak RSS, safetensors size.
+    """
+    params = count_params(model)
+    macs = mac_report(model, input_shape)
+    out: dict[str, Any] = {
+        "params": params, "macs": macs["macs"], "flops": macs["flops"],
+        "dense_params": dense_cost.params, "dense_macs": dense_cost.macs,
+        "params_ratio": params / dense_cost.params,
+        "macs_ratio": macs["macs"] / dense_cost.macs,
+        **{k: v for k, v in macs.items() if k not in ("macs", "flops")},
+    }
+    if target is not None:
+        achieved = out[f"{target.metric}_ratio"]
+        out["budget"] = {"metric": target.metric, "ratio": target.ratio, "achieved": achieved,
+                         "met": achieved <= target.ratio + 1e-9,
+                         "over_by": max(0.0, achieved - target.ratio)}
+    cpu_model = copy.deepcopy(model).to("cpu")
+    latency = time_all(cpu_model, input_shape, latency_spec, "cpu")
+    if latency_spec.cuda == "auto" and torch.cuda.is_available():
+        gpu_model = copy.deepcopy(model).to("cuda")
+        latency.update(time_all(gpu_model, input_shape, latency_spec, "cuda"))
+        out["cuda_status"] = "measured"
+    else:
+        latency["cuda"] = None
+        out["cuda_status"] = ("n/a: disabled in the suite" if latency_spec.cuda == "off"
+                              else "n/a: no CUDA device")
+    out["latency"] = latency
+    out["cpu_peak_rss_mb_approx"] = _max_of(latency, "cpu", "cpu_peak_rss_delta_mb_approx")
+    out["cuda_peak_mem_mb"] = _max_of(latency, "cuda", "cuda_peak_mem_mb")
+    out["size_bytes"] = safetensors_bytes(cpu_model)
+    out["size_tensor_bytes"] = tensor_bytes(cpu_model)
+    out["param_count_check"] = count_params(cpu_model)
+    return out
