@@ -171,10 +171,10 @@ def fvcore_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any
     fvcore keeps its own conventions otherwise: its default handles also count
     normalization layers (about 5 ops per element), which flop_counter does not.
     """
-    from fvcore.nn import FlopCountAnalysis
-
     with _eval(model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript deprecation and tracer chatter
+        from fvcore.nn import FlopCountAnalysis
+
         analysis = FlopCountAnalysis(model, _sample(model, input_shape))
         analysis.set_op_handle("aten::scaled_dot_product_attention", fvcore_sdpa_handle)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
