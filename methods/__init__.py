@@ -2,8 +2,10 @@
 
 from methods import (  # noqa: F401
     dense,
+    funnel,
     lorita,
+    monarch,
     svd,
 )
 
-__all__ = ["dense", "lorita", "svd"]
+__all__ = ["dense", "funnel", "lorita", "monarch", "svd"]

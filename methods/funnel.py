@@ -1,0 +1,380 @@
+"""Funnel regularization (Chu and Lee, arXiv 2112.03690): ranks of all layers found together.
+
+Post-training. Starting from the trained dense network:
+
+1. Decompose at full rank (exact): each selected k x k conv by Tucker-2 over
+   its channel modes (HOSVD: 1x1 in->R1, k x k core R1->R2, 1x1 R2->out; see
+   methods.layers.tucker), each selected Linear by SVD (in->r->out).
+2. Put a learnable gate on every rank component (each of R1 and R2 for a
+   conv, r for a Linear), initialised to 1, and train for ``reg_epochs`` with
+   the harness's loop: cross-entropy + lam * sum_g f(g) over all gates.
+3. Drop the components with the smallest scores across the whole network
+   (never layer by layer) until the model meets the budget, fold the gates
+   into the adjacent weights and deploy plain convs / linears. The harness
+   fine-tunes afterwards.
+
+The funnel function (our choice; the paper's formula is not available to us):
+f(g) = g^2 / (g^2 + eps). It is smooth, 0 at g = 0 and saturates at 1, so
+its pull dgf/dg = 2 g eps / (g^2 + eps)^2 is strongest near g ~ sqrt(eps/3)
+and fades for |g| >> sqrt(eps): gates the task does not defend are funnelled
+to zero while important ones are left alone (unlike L1, which shrinks all).
+
+Other choices of ours: the drop score is |g| by default (``score="gate"``);
+``score="gate_sv"`` uses |g| * s / s_max (the component's singular value
+normalised by its layer-mode's largest), which breaks the ties left by a short
+regularization phase. Each layer keeps at least one component per mode. A
+layer whose decomposed form would cost more than dense at the kept ranks is
+deployed as one dense layer rebuilt from the same truncated factors (same
+function, cheaper). The first conv and the classifier stay dense by default.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from bench import Method, MethodContext, Target, register_method
+from methods.layers import LowRankLinear, select_layers, set_module, truncated_svd
+from methods.layers.tucker import (
+    TuckerConv2d,
+    tucker2,
+    tucker_conv_macs,
+    tucker_conv_params,
+)
+
+
+def funnel_penalty(gates: Tensor, eps: float) -> Tensor:
+    """sum f(g), f(g) = g^2 / (g^2 + eps): smooth, saturating sparsity penalty."""
+    sq = gates * gates
+    return (sq / (sq + eps)).sum()
+
+
+class GatedLinear(nn.Module):
+    """Linear as its full SVD, in->r (no bias) then r->out, with a gate per component."""
+
+    def __init__(self, layer: nn.Linear, tokens: int = 1):
+        super().__init__()
+        w = layer.weight.detach()
+        r = min(w.shape)
+        v, u = truncated_svd(w, r)
+        s = torch.linalg.svdvals(w.double())
+        self.in_features, self.out_features, self.tokens = w.shape[1], w.shape[0], tokens
+        self.first = nn.Linear(self.in_features, r, bias=False)
+        self.second = nn.Linear(r, self.out_features, bias=layer.bias is not None)
+        with torch.no_grad():
+            self.first.weight.copy_(v)
+            self.second.weight.copy_(u)
+            if layer.bias is not None:
+                self.second.bias.copy_(layer.bias)
+        self.gate = nn.Parameter(torch.ones(r, dtype=w.dtype))
+        self.register_buffer("mask", torch.ones(r, dtype=w.dtype))
+        self.register_buffer("sv", (s / s[0].clamp_min(1e-30)).to(w.dtype))
+        self.to(w.device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.second(self.first(x) * (self.gate * self.mask))
+
+    def gates(self) -> list[tuple[str, Tensor, Tensor]]:
+        return [("r", self.gate, self.sv)]
+
+    def cost(self, kept: dict[str, int], metric: str) -> int:
+        """Weights (or MACs per sample) of the cheaper deployable form at ``kept`` ranks."""
+        r = kept["r"]
+        w = min(r * (self.in_features + self.out_features), self.in_features * self.out_features)
+        return w if metric == "params" else w * self.tokens
+
+    @torch.no_grad()
+    def deploy(self, metric: str) -> nn.Module:
+        keep = self.mask.nonzero().flatten()
+        v = self.first.weight[keep] * self.gate[keep, None]
+        u = self.second.weight[:, keep]
+        bias = None if self.second.bias is None else self.second.bias.detach()
+        if len(keep) * (self.in_features + self.out_features) < self.in_features * (
+                self.out_features):
+            return LowRankLinear.from_factors(v, u, bias)
+        dense = nn.Linear(self.in_features, self.out_features, bias=bias is not None)
+        dense = dense.to(device=v.device, dtype=v.dtype)
+        dense.weight.copy_(u @ v)
+        if bias is not None:
+            dense.bias.copy_(bias)
+        return dense
+
+
+class GatedTuckerConv2d(nn.Module):
+    """Conv as its full Tucker-2 (1x1 in->R1, core, 1x1 R2->out) with gates on R1 and R2."""
+
+    def __init__(self, conv: nn.Conv2d, in_pixels: int = 1, out_pixels: int = 1):
+        super().__init__()
+        t = tucker2(conv.weight)
+        bias = None if conv.bias is None else conv.bias.detach()
+        self.body = TuckerConv2d.from_factors(conv, t.u_in, t.core, t.u_out, bias)
+        self.geometry = dict(in_channels=conv.in_channels, out_channels=conv.out_channels,
+                             kernel_size=conv.kernel_size, stride=conv.stride,
+                             padding=conv.padding, dilation=conv.dilation,
+                             padding_mode=conv.padding_mode, bias=conv.bias is not None)
+        self.in_pixels, self.out_pixels = in_pixels, out_pixels
+        dt = conv.weight.dtype
+        r1, r2 = t.u_in.shape[1], t.u_out.shape[1]
+        self.gate_in = nn.Parameter(torch.ones(r1, dtype=dt, device=conv.weight.device))
+        self.gate_out = nn.Parameter(torch.ones(r2, dtype=dt, device=conv.weight.device))
+        self.register_buffer("mask_in", torch.ones_like(self.gate_in.detach()))
+        self.register_buffer("mask_out", torch.ones_like(self.gate_out.detach()))
+        self.register_buffer("sv_in", t.sv_in / t.sv_in[0].clamp_min(1e-30))
+        self.register_buffer("sv_out", t.sv_out / t.sv_out[0].clamp_min(1e-30))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.body.first(x) * (self.gate_in * self.mask_in)[:, None, None]
+        h = self.body.core(h) * (self.gate_out * self.mask_out)[:, None, None]
+        return self.body.last(h)
+
+    def gates(self) -> list[tuple[str, Tensor, Tensor]]:
+        return [("in", self.gate_in, self.sv_in), ("out", self.gate_out, self.sv_out)]
+
+    def _template(self) -> nn.Conv2d:
+        return nn.Conv2d(**self.geometry, device="meta")
+
+    def dense_cost(self, metric: str) -> int:
+        g = self.geometry
+        w = g["in_channels"] * g["out_channels"] * self._template().weight[0, 0].numel()
+        return w if metric == "params" else w * self.out_pixels
+
+    def factored_cost(self, kept: dict[str, int], metric: str) -> int:
+        conv = self._template()
+        if metric == "params":
+            return tucker_conv_params(conv, kept["in"], kept["out"])
+        return tucker_conv_macs(conv, kept["in"], kept["out"], self.in_pixels, self.out_pixels)
+
+    def cost(self, kept: dict[str, int], metric: str) -> int:
+        """Weights (or MACs per sample) of the cheaper deployable form at ``kept`` ranks."""
+        return min(self.factored_cost(kept, metric), self.dense_cost(metric))
+
+    @torch.no_grad()
+    def deploy(self, metric: str) -> nn.Module:
+        k1 = self.mask_in.nonzero().flatten()
+        k2 = self.mask_out.nonzero().flatten()
+        u_in = (self.body.first.weight[k1, :, 0, 0] * self.gate_in[k1, None]).T  # (in, R1)
+        core = self.body.core.weight[k2][:, k1] * self.gate_out[k2, None, None, None]
+        u_out = self.body.last.weight[:, k2, 0, 0]  # (out, R2)
+        bias = None if self.body.last.bias is None else self.body.last.bias.detach()
+        if self.factored_cost({"in": len(k1), "out": len(k2)}, metric) < self.dense_cost(metric):
+            return TuckerConv2d.from_factors(self._template(), u_in, core, u_out, bias)
+        conv = nn.Conv2d(**self.geometry).to(device=core.device, dtype=core.dtype)
+        conv.weight.copy_(torch.einsum("rskl,or,is->oikl", core, u_out, u_in))
+        if bias is not None:
+            conv.bias.copy_(bias)
+        return conv
+
+
+GATED = (GatedLinear, GatedTuckerConv2d)
+
+
+def _positions(model: nn.Module, layers: dict[str, nn.Module],
+               input_shape: tuple[int, ...]) -> dict[str, tuple[int, int]]:
+    """(input positions, output positions) per sample of each layer, from one forward."""
+    found: dict[str, tuple[int, int]] = {}
+    hooks = []
+    for path, layer in layers.items():
+        def hook(mod, inp, out, path=path):
+            if isinstance(mod, nn.Conv2d):
+                found[path] = (inp[0].shape[-1] * inp[0].shape[-2],
+                               out.shape[-1] * out.shape[-2])
+            else:
+                tokens = out[0].numel() // out.shape[-1]
+                found[path] = (tokens, tokens)
+        hooks.append(layer.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return found
+
+
+def gate_model(model: nn.Module, layers: dict[str, nn.Module],
+               input_shape: tuple[int, ...]) -> dict[str, nn.Module]:
+    """Swap every selected layer for its full-rank gated decomposition (same function)."""
+    positions = _positions(model, layers, input_shape)
+    gated: dict[str, nn.Module] = {}
+    for path, layer in layers.items():
+        pin, pout = positions.get(path, (1, 1))
+        new = (GatedTuckerConv2d(layer, pin, pout) if isinstance(layer, nn.Conv2d)
+               else GatedLinear(layer, pout))
+        set_module(model, path, new)
+        gated[path] = new
+    return gated
+
+
+def gated_modules(model: nn.Module) -> dict[str, nn.Module]:
+    return {p: m for p, m in model.named_modules() if isinstance(m, GATED)}
+
+
+@dataclass(frozen=True)
+class Component:
+    path: str
+    mode: str
+    index: int
+    score: float
+    tiebreak: float
+
+
+def droppable_components(gated: dict[str, nn.Module], score: str) -> list[Component]:
+    """Components in drop order (lowest score first); each mode's best one is never listed."""
+    out: list[Component] = []
+    for path, mod in gated.items():
+        for mode, gate, sv in mod.gates():
+            g = gate.detach().abs().double().cpu()
+            s = sv.detach().double().cpu()
+            sc = g * s if score == "gate_sv" else g
+            best = int(torch.argmax(sc))
+            out += [Component(path, mode, i, float(sc[i]), float(s[i]))
+                    for i in range(len(g)) if i != best]
+    return sorted(out, key=lambda c: (c.score, c.tiebreak))
+
+
+def kept_ranks(gated: dict[str, nn.Module], order: list[Component],
+               n_drop: int) -> dict[str, dict[str, int]]:
+    kept = {p: {mode: len(gate) for mode, gate, _ in m.gates()} for p, m in gated.items()}
+    for c in order[:n_drop]:
+        kept[c.path][c.mode] -= 1
+    return kept
+
+
+def predicted_cost(gated: dict[str, nn.Module], kept: dict[str, dict[str, int]], metric: str,
+                   others: int) -> int:
+    return others + sum(m.cost(kept[p], metric) for p, m in gated.items())
+
+
+@torch.no_grad()
+def apply_drops(gated: dict[str, nn.Module], order: list[Component], n_drop: int) -> None:
+    """Zero the masks of the first ``n_drop`` components (the gated model now computes
+    exactly what the deployed model will)."""
+    for mod in gated.values():
+        for name, buf in mod.named_buffers():
+            if name.startswith("mask"):
+                buf.fill_(1.0)
+    for c in order[:n_drop]:
+        mod = gated[c.path]
+        mask = mod.mask if c.mode == "r" else getattr(mod, f"mask_{c.mode}")
+        mask[c.index] = 0.0
+
+
+def deploy(model: nn.Module, metric: str) -> nn.Module:
+    """Replace every gated module by plain layers with its gates folded in."""
+    for path, mod in gated_modules(model).items():
+        set_module(model, path, mod.deploy(metric))
+    return model
+
+
+def smallest_drop(gated: dict[str, nn.Module], order: list[Component], metric: str,
+                  others: int, budget: float) -> int:
+    """Fewest drops (bisection on the monotone closed-form cost) that meet ``budget``."""
+    lo, hi = 0, len(order)
+    if predicted_cost(gated, kept_ranks(gated, order, hi), metric, others) > budget:
+        return hi
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if predicted_cost(gated, kept_ranks(gated, order, mid), metric, others) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+class FunnelParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reg_epochs: int = Field(default=3, ge=0, description="epochs of the gate regularization")
+    lam: float = Field(default=1e-3, ge=0, description="weight of sum f(gate) in the loss")
+    eps: float = Field(default=0.05, gt=0, description="funnel width: f(g)=g^2/(g^2+eps)")
+    score: Literal["gate", "gate_sv"] = Field(
+        default="gate", description="drop order: |gate|, or |gate| x normalised singular value")
+    include: list[str] = Field(default_factory=list, description="module path patterns to use")
+    exclude: list[str] = Field(default_factory=list, description="module path patterns to skip")
+    skip_first_conv: bool = True
+    skip_classifier: bool = True
+
+
+def select_to_budget(model: nn.Module, gated: dict[str, nn.Module], target: Target,
+                     ctx: MethodContext, score: str, others: int) -> int:
+    """Mask the globally smallest components until the deployed model meets ``target``;
+    return how many were dropped. The closed form is confirmed by the harness's counter."""
+    order = droppable_components(gated, score)
+    reference = ctx.dense_cost.get(target.metric) if ctx.dense_cost else others
+    budget = target.ratio * reference
+    n = smallest_drop(gated, order, target.metric, others, budget)
+    while True:
+        apply_drops(gated, order, n)
+        trial = deploy(copy.deepcopy(model), target.metric)
+        if ctx.measure(trial).get(target.metric) <= budget + 1e-9 or n >= len(order):
+            return n
+        n += 1
+
+
+@register_method
+class Funnel(Method):
+    """Tucker-2 / SVD with gated rank components, a funnel penalty, global rank drop."""
+
+    name = "funnel"
+    kind = "post"
+    Params = FunnelParams
+    description = "Tucker-2 (convs) / SVD (linears) with gates under a funnel penalty"
+
+    def regularizer(self, model: nn.Module, ctx: MethodContext) -> Tensor | None:
+        if ctx.phase != "funnel":
+            return None
+        p: FunnelParams = self.params
+        gates = [g for m in model.modules() if isinstance(m, GATED) for _, g, _ in m.gates()]
+        if not gates or p.lam == 0:
+            return None
+        return p.lam * funnel_penalty(torch.cat(gates), p.eps)
+
+    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
+        if target is None:
+            return model
+        p: FunnelParams = self.params
+        layers = select_layers(model, p.include or None, p.exclude or None, p.skip_first_conv,
+                               p.skip_classifier)
+        dense_now = ctx.measure(model).get(target.metric)
+        positions = _positions(model, layers, ctx.input_shape)
+        selected_dense = sum(
+            (layer.weight.numel() * (1 if target.metric == "params" else positions[path][1]))
+            for path, layer in layers.items())
+        others = dense_now - selected_dense
+        gated = gate_model(model, layers, ctx.input_shape)
+        if p.reg_epochs > 0:
+            ctx.train(model, epochs=p.reg_epochs, method=self, phase="funnel")
+        n = select_to_budget(model, gated, target, ctx, p.score, others)
+        record_gates(ctx, gated, n)
+        model = deploy(model, target.metric)
+        reference = ctx.dense_cost.get(target.metric) if ctx.dense_cost else dense_now
+        achieved = ctx.measure(model).get(target.metric) / reference
+        ctx.record("achieved_ratio", achieved)
+        ctx.record("budget_met", achieved <= target.ratio + 1e-9)
+        return model
+
+
+def record_gates(ctx: MethodContext, gated: dict[str, nn.Module], n_drop: int) -> None:
+    ranks, full = {}, {}
+    all_gates = []
+    for path, mod in gated.items():
+        names = {"r": "mask", "in": "mask_in", "out": "mask_out"}
+        ranks[path] = {mode: int(getattr(mod, names[mode]).sum()) for mode, _, _ in mod.gates()}
+        full[path] = {mode: len(g) for mode, g, _ in mod.gates()}
+        all_gates += [g.detach().abs().flatten().cpu() for _, g, _ in mod.gates()]
+    ctx.record("ranks", ranks)
+    ctx.record("full_ranks", full)
+    ctx.record("components_dropped", n_drop)
+    if all_gates:
+        g = torch.cat(all_gates)
+        ctx.record("gate_stats", {"n": len(g), "min": float(g.min()), "median": float(g.median()),
+                                  "max": float(g.max()),
+                                  "below_0.1": int((g < 0.1).sum())})
