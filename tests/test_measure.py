@@ -284,6 +284,16 @@ def test_cuda_timing_with_events_and_peak_memory():
     assert s["cuda_peak_mem_mb"] > 0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_measure_deployable_times_cuda(vit):
+    spec = LatencySpec(batch_sizes=(1, 64), warmup=3, min_runs=10, min_seconds=0.0)
+    out = measure_deployable(vit, (1, 8, 8), spec, Cost(params=1, macs=1), None)
+    assert out["cuda_status"] == "measured" and out["cuda_peak_mem_mb"] > 0
+    for b in ("b1", "b64"):
+        s = out["latency"]["cuda"][b]
+        assert s["timer"] == "cuda_events" and s["median_ms"] > 0 and s["device"] == "cuda"
+
+
 # -- memory, size, provenance ------------------------------------------------------------
 
 def test_peak_rss_sees_a_large_allocation():
