@@ -29,17 +29,42 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from bench.runner import run_suite
+    from bench.runner import format_plan, plan_suite, run_suite
 
     suite, path = _suite(args)
     results = Path(args.results or RESULTS_ROOT / suite.name)
-    summary = run_suite(suite, results, data_root=args.data_root,
-                        retry_failed=args.retry_failed)
+    if args.jobs < 1:
+        print("error: --jobs must be at least 1", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(format_plan(plan_suite(suite, results, args.retry_failed), suite, args.jobs))
+        return 0
+    try:
+        summary = run_suite(suite, results, data_root=args.data_root,
+                            retry_failed=args.retry_failed, executor=args.executor,
+                            jobs=args.jobs)
+    except RuntimeError as exc:
+        if "executor needs Ray" not in str(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if summary.computed:
         print(f"done: {summary.ok} ok, {len(summary.failed)} failed, {summary.skipped} reused, "
               f"{summary.seconds:.1f}s; records in {results}/cells")
+        if summary.seconds > 0:
+            if summary.jobs == 1:
+                share = max(0.0, 1.0 - summary.work_s / summary.seconds)
+                print(f"time in training, compression, evaluation and timing: "
+                      f"{summary.work_s:.1f}s of {summary.seconds:.1f}s wall "
+                      f"(harness overhead {100 * share:.1f}%)")
+            else:
+                print(f"time in training, compression, evaluation and timing: "
+                      f"{summary.work_s:.1f}s summed over {summary.jobs} workers and the "
+                      f"driver, {summary.seconds:.1f}s wall")
     if summary.failed:
-        print("failed cells:", *summary.failed, sep="\n  ")
+        print(f"{len(summary.failures)} failed cell(s) (rerun only these with --retry-failed):")
+        for f in summary.failures:
+            print(f"  {f['cell']}: {f['type']}: {f['message']}  [{f['cell_id']}]")
         return 1
     return 0
 
@@ -107,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(message)s")
     from bench.suite import SuiteError
 
+    p.add_argument("--jobs", "-j", type=int, default=1,
+                   help="groups run at once: worker processes (local) or Ray tasks (ray)")
+    p.add_argument("--executor", choices=["serial", "local", "ray"],
+                   help="where groups run (default: serial for --jobs 1, else local); ray "
+                        "connects to $RAY_ADDRESS or starts a local Ray instance")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the cells, which are done, and a time estimate; run nothing")
     try:
         return args.func(args)
     except SuiteError as exc:
