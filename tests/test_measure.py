@@ -169,6 +169,7 @@ def test_vit_macs_include_attention_and_counters_agree(vit):
         missed = report["uncounted_ops"][counter]
         assert not any("attention" in op for op in missed), (counter, missed)
     assert "aten::gelu" in report["uncounted_ops"]["fvcore"]
+    assert "aten::gelu" in report["uncounted_ops"]["flop_counter"]
     # attention is attributed (by both counters) to the module that calls it
     own = report["macs_by_layer"]["blocks.0.attn"]
     assert own["macs"] == own["macs_fvcore"] == attention

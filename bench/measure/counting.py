@@ -21,7 +21,7 @@ import logging
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -131,12 +131,16 @@ def _eval(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def flop_counter_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Per-sample MACs from torch.utils.flop_counter, per-module own MACs and uncounted ops."""
+def flop_counter_macs(model: nn.Module, input_shape: tuple[int, ...],
+                      record_ops: bool = True) -> dict[str, Any]:
+    """Per-sample MACs from torch.utils.flop_counter, per-module own MACs and uncounted ops.
+
+    ``record_ops=False`` skips the op census (cheaper, for methods' budget searches).
+    """
     extra = _extra_sdpa_ops()
     counter = FlopCounterMode(display=False, custom_mapping=extra)
     recorder = _OpRecorder()
-    with _eval(model), torch.no_grad(), counter, recorder:
+    with _eval(model), torch.no_grad(), counter, (recorder if record_ops else nullcontext()):
         model(_sample(model, input_shape))
     totals = {_strip_root(n): int(sum(ops.values())) // 2
               for n, ops in counter.get_flop_counts().items() if n != "Global"}
@@ -148,7 +152,7 @@ def flop_counter_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[st
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...], per_module: bool = False):
     """Per-sample MACs (flop_counter); with ``per_module`` also each module's own MACs."""
-    r = flop_counter_macs(model, input_shape)
+    r = flop_counter_macs(model, input_shape, record_ops=False)
     return (r["macs"], r["by_module"]) if per_module else r["macs"]
 
 
