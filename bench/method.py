@@ -71,6 +71,9 @@ class MethodContext:
     measure: Callable[[nn.Module], Cost]
     dense_cost: Cost | None = None
     train_fn: Callable[..., Any] | None = None
+    # A fresh, untrained model of the cell's architecture; keyword arguments
+    # override the suite's model kwargs (e.g. a narrower width).
+    build_model: Callable[..., nn.Module] | None = None
     input_shape: tuple[int, ...] = ()
     num_classes: int = 0
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("lowrank_bench"))

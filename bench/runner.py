@@ -150,8 +150,15 @@ class GroupRunner:
             return train(model, self.data, seed=cell.seed + 2, method=method, ctx=ctx,
                          phase=phase, **kw)
 
+        def build_fn(**overrides: Any) -> nn.Module:
+            m = cell.model
+            return build_model(m.name, self.data.num_classes, self.data.in_chans,
+                               self.data.img_size, kwargs={**m.kwargs, **overrides},
+                               stem=None if m.stem == "default" else m.stem).to(self.device)
+
         ctx = MethodContext(
             device=self.device, generator=gen, seed=cell.seed, train_fn=train_fn,
+            build_model=build_fn,
             calibration_batches=lambda: self.data.batches(
                 "train", bs, shuffle=True, generator=torch.Generator().manual_seed(cell.seed)),
             val_batches=lambda: self.data.batches("val", 256),
