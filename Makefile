@@ -24,6 +24,9 @@ run: install
 report: install
 	$(PY) -m bench.cli report $(SUITE)
 
+publish: install
+	$(PY) -m bench.cli publish --readme README.md
+
 test: install
 	$(PY) -m pytest
 

@@ -77,6 +77,29 @@ def cmd_report(args) -> int:
     out = Path(args.out or REPORTS_ROOT / suite.name)
     written = build_report(suite, results, out)
     print(f"report for '{suite.name}' written to {out}: " + ", ".join(p.name for p in written))
+    if args.readme:
+        from bench.report import update_readme
+
+        changed = update_readme(Path(args.readme), suite.name, out)
+        print(f"{args.readme}: leaderboard block {'updated' if changed else 'unchanged'}")
+    return 0
+
+
+def cmd_publish(args) -> int:
+    """Gather every reports/<suite>/ into one static site (optionally refresh the README)."""
+    from bench.report import publish_site, update_readme
+    from bench.report.readme import markers
+
+    root = Path(args.reports or REPORTS_ROOT)
+    index = publish_site(root, Path(args.out) if args.out else None)
+    print(f"site written to {index.parent} (open {index})")
+    if args.readme:
+        text = Path(args.readme).read_text()
+        for suite_dir in sorted(d for d in root.iterdir() if (d / "summary.md").exists()):
+            if markers(suite_dir.name)[0] in text:
+                changed = update_readme(Path(args.readme), suite_dir.name, suite_dir)
+                print(f"{args.readme}: '{suite_dir.name}' block "
+                      f"{'updated' if changed else 'unchanged'}")
     return 0
 
 
@@ -115,7 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     suite_arg(p)
     p.add_argument("--results", help="results directory (default results/<suite>)")
     p.add_argument("--out", help="output directory (default reports/<suite>)")
+    p.add_argument("--readme", help="also write the summary between this Markdown file's "
+                   "<!-- leaderboard:<suite>:start/end --> markers")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("publish", help="gather every reports/<suite>/ into a static site")
+    p.add_argument("--reports", help="reports root (default reports)")
+    p.add_argument("--out", help="site directory (default <reports>/site)")
+    p.add_argument("--readme", help="also refresh the leaderboard blocks of this Markdown file")
+    p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("validate", help="check a suite file without running anything")
     suite_arg(p)

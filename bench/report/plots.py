@@ -1,40 +1,169 @@
-"""Matplotlib plots of a suite's results."""
+"""Matplotlib plots of one model x dataset: accuracy vs cost with the Pareto front.
+
+Every plot is written as PNG (for Markdown on GitHub) and SVG (crisp in the
+HTML page). Output is deterministic for the same records (no dates in the
+files, fixed SVG ids) so regenerated reports diff cleanly.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+plt.rcParams["svg.hashsalt"] = "lowrank-bench"
+PALETTE = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
 
 
 def slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower()
+    return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower() or "x"
 
 
-def accuracy_vs_macs(df: pd.DataFrame, model: str, dataset: str, out_dir: Path) -> Path:
-    """Accuracy against achieved MACs ratio, one colour per method, dense marked."""
-    sub = df[(df.model == model) & (df.dataset == dataset) & (df.status == "ok")]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for method, g in sub.groupby("method"):
-        g = g.groupby("target", as_index=False)[["macs_ratio", "top1"]].mean()
-        g = g.sort_values("macs_ratio")
-        if len(g) == 1 and abs(g.macs_ratio.iloc[0] - 1.0) < 1e-9:
-            ax.scatter(g.macs_ratio, 100 * g.top1, marker="*", s=160, color="black",
-                       zorder=5, label=method)
-        else:
-            ax.plot(g.macs_ratio, 100 * g.top1, marker="o", label=method)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("MACs relative to dense (log scale)")
-    ax.set_ylabel("top-1 test accuracy (%)")
-    ax.set_title(f"{model} on {dataset}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+def method_colors(methods: list[str]) -> dict[str, tuple]:
+    """One stable colour per method label (in first-seen order), shared by all plots."""
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(dict.fromkeys(methods))}
+
+
+def _text(label: str) -> str:
+    """Matplotlib treats $...$ as math; show user labels literally."""
+    return str(label).replace("$", r"\$")
+
+
+def pareto_front(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points not dominated by any cheaper-or-equal, at-least-as-accurate point."""
+    order = np.lexsort((-ys, xs))
+    best = -np.inf
+    fx, fy = [], []
+    for i in order:
+        if ys[i] > best:
+            fx.append(xs[i])
+            fy.append(ys[i])
+            best = ys[i]
+    return np.array(fx), np.array(fy)
+
+
+@dataclass(frozen=True)
+class Plot:
+    kind: str
+    title: str
+    png: str
+    svg: str
+
+
+def _log_axis(ax, which: str, base: float) -> None:
+    """Log scale with plain-number labels on major ticks only (cheap to draw, easy to read)."""
+    getattr(ax, f"set_{which}scale")("log", base=base)
+    axis = getattr(ax, f"{which}axis")
+    axis.set_major_locator(LogLocator(base=base, numticks=8))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _save(fig, out_dir: Path, stem: str) -> tuple[str, str]:
     fig.tight_layout()
-    path = out_dir / f"acc-vs-macs-{slug(model)}-{slug(dataset)}.png"
-    fig.savefig(path)
+    png, svg = f"{stem}.png", f"{stem}.svg"
+    fig.savefig(out_dir / png, metadata={"Software": None})
+    fig.savefig(out_dir / svg, metadata={"Date": None, "Creator": None})
     plt.close(fig)
-    return path
+    return png, svg
+
+
+def accuracy_vs(points: pd.DataFrame, x: str, xlabel: str, title: str, colors: dict,
+                out_dir: Path, stem: str, log_base: float = 2) -> tuple[str, str]:
+    """Top-1 against a cost column, one colour per method, dense starred, front dashed.
+
+    `points` has one row per (method, target) with columns method, dense,
+    top1, top1_std and the cost column `x`; rows missing `x` are skipped.
+    """
+    sub = points[points[x].notna() & points.top1.notna() & (points[x] > 0)]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for method, g in sub.groupby("method", sort=False):
+        g = g.sort_values(x)
+        color = colors.get(method, "grey")
+        if bool(g.dense.all()):
+            ax.scatter(g[x], 100 * g.top1, marker="*", s=220, color="black", zorder=6,
+                       label=_text(method) if method == "dense" else f"{_text(method)} (dense)")
+            continue
+        yerr = 100 * g.top1_std.fillna(0.0) if g.top1_std.notna().any() else None
+        ax.errorbar(g[x], 100 * g.top1, yerr=yerr, marker="o", ms=5, lw=1.6, capsize=3,
+                    color=color, label=_text(method), zorder=4)
+    if len(sub):
+        fx, fy = pareto_front(sub[x].to_numpy(float), sub.top1.to_numpy(float))
+        ax.step(fx, 100 * fy, where="post", ls="--", lw=1.2, color="0.35", zorder=3,
+                label="Pareto front")
+    _log_axis(ax, "x", log_base)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("top-1 test accuracy (%) ↑")
+    ax.set_title(_text(title), fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    if len(sub):
+        ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, out_dir, stem)
+
+
+def speedup_vs_theoretical(points: pd.DataFrame, batches: list[str], title: str, colors: dict,
+                           out_dir: Path, stem: str) -> tuple[str, str]:
+    """Measured CPU speedup against MACs speedup (1 / MACs ratio), with y = x.
+
+    Points under the line are savings that did not turn into latency; one
+    marker shape per batch size. `points` needs columns method, dense,
+    macs_ratio and speedup_<batch> for each batch.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    markers = ["o", "s", "^", "D", "v"]
+    lo, hi = 1.0, 1.0
+    sub = points[~points.dense.astype(bool) & points.macs_ratio.notna() & (points.macs_ratio > 0)]
+    for bi, b in enumerate(batches):
+        col = f"speedup_{b}"
+        if col not in sub:
+            continue
+        for method, g in sub[sub[col].notna()].groupby("method", sort=False):
+            theo = 1.0 / g.macs_ratio
+            ax.scatter(theo, g[col], marker=markers[bi % len(markers)], s=36,
+                       color=colors.get(method, "grey"), zorder=4,
+                       label=f"{_text(method)}, batch {b[1:]}")
+            lo = min(lo, float(theo.min()), float(g[col].min()))
+            hi = max(hi, float(theo.max()), float(g[col].max()))
+    span = np.array([lo / 1.3, hi * 1.3])
+    ax.plot(span, span, ls="--", color="0.35", lw=1.2, label="y = x (ideal)", zorder=3)
+    _log_axis(ax, "x", 2)
+    _log_axis(ax, "y", 2)
+    ax.set_xlabel("theoretical speedup: dense MACs / MACs ↑")
+    ax.set_ylabel("measured CPU speedup (p50) ↑")
+    ax.set_title(_text(title), fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, out_dir, stem)
+
+
+def group_plots(points: pd.DataFrame, batches: list[str], title: str, colors: dict,
+                out_dir: Path, stem: str) -> list[Plot]:
+    """The four plots of one model x dataset; file names start with their kind."""
+    plots = []
+    png, svg = accuracy_vs(points, "macs_ratio", "MACs relative to dense (log scale) ↓",
+                           f"accuracy vs MACs: {title}", colors, out_dir,
+                           f"acc-vs-macs-{stem}")
+    plots.append(Plot("macs", "accuracy vs MACs", png, svg))
+    png, svg = accuracy_vs(points, "params_ratio", "parameters relative to dense (log scale) ↓",
+                           f"accuracy vs parameters: {title}", colors, out_dir,
+                           f"acc-vs-params-{stem}")
+    plots.append(Plot("params", "accuracy vs parameters", png, svg))
+    if batches and points[f"cpu_{batches[0]}_ms"].notna().any():
+        b = batches[0]
+        png, svg = accuracy_vs(points, f"cpu_{b}_ms",
+                               f"measured CPU latency, batch {b[1:]}, p50 (ms, log) ↓",
+                               f"accuracy vs CPU latency: {title}", colors, out_dir,
+                               f"acc-vs-latency-{stem}")
+        plots.append(Plot("latency", f"accuracy vs measured CPU latency (batch {b[1:]})",
+                          png, svg))
+        png, svg = speedup_vs_theoretical(points, batches, f"speedup: {title}", colors,
+                                          out_dir, f"speedup-{stem}")
+        plots.append(Plot("speedup", "measured vs theoretical speedup", png, svg))
+    return plots

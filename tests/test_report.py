@@ -1,0 +1,290 @@
+"""Reports: statistics, curve scores, escaping, exports, README block and site.
+
+Records here are synthetic but follow the runner's schema exactly (cell ids
+come from the suite's own expansion), so the report code sees what a real run
+writes, in milliseconds instead of minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from bench.cells import expand
+from bench.cli import main
+from bench.report import build_report, flatten, md_escape, publish_site, update_readme
+from bench.report.readme import markers, rebase_links
+from bench.report.scores import area_scores, cross_ranking, iso_accuracy, mean_over_range
+from bench.report.stats import (
+    bootstrap_ci,
+    estimate,
+    infer_test_size,
+    tie_ranks,
+    wilson_interval,
+)
+from bench.suite import load_suite
+
+XSS_METHOD = "<script>alert(1)</script>"
+XSS_ERROR = "shape mismatch in <img src=x onerror=alert(2)> | layer *fc1*"
+TEST_N = 359
+# Per method label: accuracy drop (in test samples) per halving of MACs, and latency factor.
+PROFILE = {"svd": (6, 0.9), "svd-global": (4, 0.8), XSS_METHOD: (20, 1.0)}
+
+
+def suite_dict(seeds: list[int], wide: bool = True) -> dict:
+    models = [{"name": "mlp", "kwargs": {"hidden": [32]}}]
+    if wide:
+        models.append({"name": "mlp", "label": "mlp-wide", "kwargs": {"hidden": [64]}})
+    return {
+        "name": "synth",
+        "description": "Synthetic records <b>with markup</b> in the description.",
+        "datasets": [{"name": "digits"}],
+        "models": models,
+        "methods": [{"name": "dense"}, {"name": "svd"},
+                    {"name": "svd", "label": "svd-global",
+                     "params": {"rank_selection": "global"}},
+                    {"name": "svd", "label": XSS_METHOD, "params": {"rank_selection": "energy"}}],
+        "targets": [{"macs": 0.5}, {"macs": 0.25}, {"macs": 0.125}],
+        "seeds": seeds,
+        "latency": {"batch_sizes": [1, 64]},
+    }
+
+
+def fake_record(cell, suite, seed_noise: int, fail: bool = False) -> dict:
+    """A record shaped like GroupRunner.record/run_cell/measure would write it."""
+    base = {
+        "cell_id": cell.id, "status": "failed" if fail else "ok", "suite": suite.name,
+        "suite_hash": suite.hash(), "model": cell.model.display,
+        "dataset": cell.dataset.display, "seed": cell.seed, "method": cell.method_label,
+        "method_name": cell.method, "params": cell.params, "target": cell.target,
+        "target_label": cell.target_label, "cell": cell.model_dump(mode="json"),
+        "data_info": {"source": "synthetic"}, "created": "2026-01-02T03:04:05+00:00",
+        "env": {"python": "3.11.7", "torch": "2.4.0", "cpu": "Test CPU", "cpu_count": 2,
+                "gpu": None, "git_commit": "abc123"},
+    }
+    if fail:
+        base["error"] = {"type": "RuntimeError", "message": XSS_ERROR, "traceback": "tb"}
+        return base
+    ratio = cell.target_obj.ratio if cell.target_obj else 1.0
+    halvings = -math.log2(ratio)
+    drop, lat_factor = PROFILE.get(cell.method_label, (0, 1.0))
+    correct = 350 - round(drop * halvings) + seed_noise
+    macs_ratio = ratio * 0.97 if ratio < 1 else 1.0
+    b1 = 0.2 + 0.3 * macs_ratio * lat_factor
+    b64 = 2.0 + 10.0 * macs_ratio * lat_factor
+    lat = {"b1": {"median_ms": b1, "p90_ms": b1 * 1.1, "iqr_ms": 0.01, "n": 50},
+           "b64": {"median_ms": b64, "p90_ms": b64 * 1.1, "iqr_ms": 0.1, "n": 20}}
+    metrics = {"top1": correct / TEST_N, "top5": 1.0, "val_top1": 0.9, "params": 1000,
+               "params_ratio": macs_ratio * 1.01, "macs": 5000, "macs_ratio": macs_ratio,
+               "latency": {"cpu": lat, "cuda": None}, "macs_fvcore": 5000,
+               "a_future_metric": 7}
+    if cell.target_obj:
+        metrics["budget"] = {"metric": "macs", "ratio": ratio, "achieved": macs_ratio,
+                             "met": True, "over_by": 0.0}
+    cost = {"baseline_train_s": 3.0, "method_train_s": 0.0, "compress_s": 0.1,
+            "finetune_s": 1.0, "cell_s": 4.5}
+    return {**base, "metrics": metrics, "cost": cost}
+
+
+def write_synthetic(tmp_path: Path, seeds: list[int], fail_one: bool = True,
+                    wide: bool = False) -> tuple[Path, Path]:
+    """Suite file and results dir with one record per cell (one failed)."""
+    suite_path = tmp_path / "synth.yaml"
+    suite_path.write_text(yaml.safe_dump(suite_dict(seeds, wide), sort_keys=False))
+    suite, _ = load_suite(suite_path)
+    cells_dir = tmp_path / "results" / "cells"
+    cells_dir.mkdir(parents=True)
+    failed = False
+    for i, cell in enumerate(expand(suite)):
+        fail = (fail_one and not failed and cell.method_label == XSS_METHOD
+                and cell.target == {"macs": 0.125} and cell.seed == seeds[0])
+        failed |= fail
+        rec = fake_record(cell, suite, seed_noise=(i * 7 + cell.seed * 3) % 5 - 2, fail=fail)
+        (cells_dir / f"{cell.id}.json").write_text(json.dumps(rec))
+    return suite_path, tmp_path / "results"
+
+
+# -- statistics ---------------------------------------------------------------
+def test_bootstrap_ci_brackets_mean_and_is_deterministic():
+    vals = [0.90, 0.92, 0.91, 0.95]
+    lo, hi = bootstrap_ci(vals)
+    assert lo < sum(vals) / 4 < hi and 0.90 <= lo and hi <= 0.95
+    assert bootstrap_ci(vals) == (lo, hi)
+    assert bootstrap_ci([0.5]) == (0.5, 0.5)
+
+
+def test_wilson_interval_matches_known_value():
+    lo, hi = wilson_interval(0.5, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    assert wilson_interval(1.0, 50)[1] == 1.0
+
+
+def test_infer_test_size_recovers_denominator():
+    assert infer_test_size([277 / 359, 356 / 359, 300 / 359]) == 359
+    assert infer_test_size([0.5]) == 2
+    assert infer_test_size([1.0, 0.0]) is None
+
+
+def test_ties_within_noise_share_rank():
+    a = estimate([0.900, 0.905, 0.895])
+    b = estimate([0.899, 0.904, 0.897])
+    c = estimate([0.50, 0.51, 0.49])
+    assert tie_ranks([c, a, b]) == [(3, False), (1, True), (1, True)]
+    sharp = [estimate([0.90, 0.90001]), estimate([0.80, 0.80001])]
+    assert tie_ranks(sharp) == [(1, False), (2, False)]
+    single = estimate([0.9], test_n=359)
+    assert single.method == "wilson" and single.lo < 0.9 < single.hi
+
+
+# -- curve scores -------------------------------------------------------------
+def test_area_over_common_range_is_mean_accuracy():
+    flat = [(0.125, 0.8), (0.5, 0.8)]
+    rising = [(0.25, 0.6), (1.0, 1.0)]
+    assert mean_over_range(flat, 0.25, 0.5) == pytest.approx(0.8)
+    # linear in log2 x from 0.6 at 1/4 to 1.0 at 1: over [1/4, 1/2] it averages 0.7
+    assert mean_over_range(rising, 0.25, 0.5) == pytest.approx(0.7)
+    scores, rng = area_scores({"flat": flat, "rising": rising, "one": [(0.3, 0.9)]})
+    assert rng == pytest.approx((0.25, 0.5))
+    assert scores == {"flat": pytest.approx(0.8), "rising": pytest.approx(0.7), "one": None}
+
+
+def test_iso_accuracy_is_cheapest_point_keeping_99_percent():
+    pts = [(0.5, 0.985), (0.25, 0.975), (0.125, 0.90)]
+    assert iso_accuracy(pts, 0.99) == 0.5  # needs 0.9801: only 0.985 qualifies
+    assert iso_accuracy(pts, 0.98) == 0.25  # needs 0.9702
+    assert iso_accuracy(pts, 1.0) is None
+    assert iso_accuracy(pts, None) is None
+
+
+def test_cross_ranking_averages_ranks_over_groups():
+    rows = [{"group": 1, "method": "a", "auc_macs": 0.9, "iso_macs": 0.2},
+            {"group": 1, "method": "b", "auc_macs": 0.8, "iso_macs": 0.5},
+            {"group": 2, "method": "a", "auc_macs": 0.7, "iso_macs": None},
+            {"group": 2, "method": "b", "auc_macs": 0.75, "iso_macs": 0.25},
+            {"group": 2, "method": "c", "auc_macs": None}]
+    out = {r["method"]: r for r in cross_ranking(rows)}
+    assert out["a"]["auc_macs_rank"] == 1.5 and out["b"]["auc_macs_rank"] == 1.5
+    assert out["a"]["wins"] == 1 and out["b"]["iso_macs_rank"] == 1.5
+    assert out["c"]["auc_macs_rank"] is None and out["c"]["groups"] == 1
+    assert [r["method"] for r in cross_ranking(rows)][-1] == "c"
+
+
+# -- escaping and flattening --------------------------------------------------
+def test_md_escape_neutralises_html_and_table_syntax():
+    out = md_escape("<b>x</b> | *y* `z`\nline")
+    assert "<" not in out and ">" not in out and "&lt;b&gt;" in out
+    assert "\\|" in out and "\\*y\\*" in out and "\\`" in out and "\n" not in out
+
+
+def test_flatten_tolerates_missing_and_extra_fields():
+    df = flatten([{"cell_id": "x", "status": "ok", "model": "m", "dataset": "d",
+                   "method": "new-method", "metrics": {"top1": 0.5, "size_bytes": 10}},
+                  {"cell_id": "y", "status": "failed", "model": "m", "dataset": "d",
+                   "method": "other", "error": {"type": "E", "message": "boom"}}])
+    assert df.loc[0, "top1"] == 0.5 and df.loc[0, "size_bytes"] == 10
+    assert math.isnan(df.loc[0, "macs_ratio"]) and df.loc[1, "error"] == "boom"
+    assert df.loc[0, "target"] == "dense"
+
+
+# -- full report --------------------------------------------------------------
+def test_report_end_to_end(tmp_path):
+    suite_path, results = write_synthetic(tmp_path, seeds=[0, 1, 2], wide=True)
+    suite, _ = load_suite(suite_path)
+    out = tmp_path / "report"
+    written = {p.name for p in build_report(suite, results, out)}
+    for name in ("README.md", "index.html", "results.csv", "results.json", "scores.json",
+                 "summary.md"):
+        assert name in written
+    for kind in ("acc-vs-macs", "acc-vs-params", "acc-vs-latency", "speedup"):
+        for ext in ("png", "svg"):
+            assert (out / f"{kind}-mlp-digits.{ext}").stat().st_size > 1000
+    md = (out / "README.md").read_text()
+    # tiers are readable (no '&lt;=' in labels), methods escaped, failure listed
+    assert "### MACs ≤ 0.5× dense" in md and "&lt;=" not in md
+    assert XSS_METHOD not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
+    assert "**RuntimeError**" in md and "<img" not in md and "\\|" in md
+    assert "| svd |" in md and "| ref | dense |" in md
+    assert "top-1 % ↑" in md and "MACs ×dense ↓" in md and "GPU p50 ms ↓ (batch 1)" in md
+    # mean ± std over 3 seeds, dense reference, speedups and n/a GPU latency
+    assert " ± " in md and "| ref |" in md and "×" in md and "| n/a |" in md
+    html = (out / "index.html").read_text()
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=alert(2)&gt;" in html and "{{" not in html
+    assert "<b>with markup</b>" not in html and 'src="acc-vs-macs-mlp-digits.svg"' in html
+    # the exported table has every cell and every leaf field, new ones included
+    csv = pd.read_csv(out / "results.csv")
+    assert len(csv) == len(expand(suite))
+    assert {"metrics.latency.cpu.b64.p90_ms", "metrics.a_future_metric", "error.message",
+            "cost.finetune_s", "env.git_commit"} <= set(csv.columns)
+    js = json.loads((out / "results.json").read_text())
+    assert len(js) == len(csv) and all("cell_id" in r for r in js)
+    scores = json.loads((out / "scores.json").read_text())
+    group = scores["groups"][0]
+    by_method = {s["method"]: s for s in group["scores"]}
+    # svd-global loses the least accuracy per halving: it wins the curve score
+    assert by_method["svd-global"]["auc_macs"] > by_method["svd"]["auc_macs"]
+    assert by_method["svd-global"]["auc_macs"] > by_method[XSS_METHOD]["auc_macs"]
+    md_ranking = md.split("## Ranking across models and datasets")[1]
+    assert "| svd-global | 2 | 2 | 1.00 |" in md_ranking
+
+
+def test_report_ranks_ties_and_shows_single_seed_intervals(tmp_path):
+    suite_path, results = write_synthetic(tmp_path, seeds=[0], fail_one=False)
+    suite, _ = load_suite(suite_path)
+    out = tmp_path / "report"
+    build_report(suite, results, out)
+    md = (out / "README.md").read_text()
+    assert f"Wilson interval over the {TEST_N} test samples" in md
+    assert "| =1 |" in md  # svd and svd-global are 2 samples apart on 359: a tie
+    assert "Failed cells" not in md
+
+
+def test_readme_block_is_generated_between_markers(tmp_path):
+    suite_path, results = write_synthetic(tmp_path, seeds=[0])
+    suite, _ = load_suite(suite_path)
+    build_report(suite, results, tmp_path / "reports" / "synth")
+    readme = tmp_path / "README.md"
+    start, end = markers("synth")
+    readme.write_text(f"# Project\n\nintro\n\n{start}\nSTALE-CONTENT\n{end}\n\n## After\n")
+    assert update_readme(readme, "synth", tmp_path / "reports" / "synth")
+    text = readme.read_text()
+    assert "STALE-CONTENT" not in text and text.startswith("# Project")
+    assert text.endswith("## After\n")
+    assert "](reports/synth/acc-vs-macs-mlp-digits.png)" in text
+    assert "](reports/synth/index.html)" in text and "svd-global" in text
+    assert not update_readme(readme, "synth", tmp_path / "reports" / "synth")  # idempotent
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="leaderboard:synth:start"):
+        update_readme(readme, "synth", tmp_path / "reports" / "synth")
+
+
+def test_rebase_links_leaves_absolute_targets():
+    md = "[a](x.png) [b](https://e.org/y) [c](#anchor) [d](/abs)"
+    assert rebase_links(md, "reports/q") == (
+        "[a](reports/q/x.png) [b](https://e.org/y) [c](#anchor) [d](/abs)")
+
+
+def test_cli_report_readme_and_publish(tmp_path, monkeypatch):
+    suite_path, results = write_synthetic(tmp_path, seeds=[0])
+    monkeypatch.chdir(tmp_path)
+    start, end = markers("synth")
+    Path("README.md").write_text(f"intro\n{start}\n{end}\n")
+    assert main(["report", str(suite_path), "--results", str(results),
+                 "--readme", "README.md"]) == 0
+    assert "](reports/synth/" in Path("README.md").read_text()
+    (tmp_path / "reports" / "empty").mkdir()  # not a report: ignored
+    assert main(["publish"]) == 0
+    index = (tmp_path / "reports" / "site" / "index.html").read_text()
+    assert 'href="synth/index.html"' in index and "Ranking across suites" in index
+    assert (tmp_path / "reports" / "site" / "synth" / "acc-vs-macs-mlp-digits.svg").exists()
+    assert XSS_METHOD not in index and "&lt;script&gt;" in index
+
+
+def test_publish_needs_reports(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no suite reports"):
+        publish_site(tmp_path)
