@@ -1,11 +1,14 @@
 """In-tree method plugins. Importing this package registers them."""
 
 from methods import (  # noqa: F401
+    accel,
     dense,
+    dense_small,
     funnel,
     lorita,
     monarch,
+    prune,
     svd,
 )
 
-__all__ = ["dense", "funnel", "lorita", "monarch", "svd"]
+__all__ = ["accel", "dense", "dense_small", "funnel", "lorita", "monarch", "prune", "svd"]

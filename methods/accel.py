@@ -1,0 +1,480 @@
+"""Making decomposed models fast, not only small (Hajimolahoseini et al. 2023, 2024).
+
+A decomposed model has more, thinner layers: its MACs fall but its latency may
+not. Four options any low-rank method can use, and ``svd-accel`` = SVD with
+all of them on:
+
+- rank quantization (:func:`quantize_rank`): each layer's rank is rounded to
+  a multiple of 8/16/32/64, or (``rank_table``) chosen from a small table of
+  such ranks timed on this device: the largest table rank within the budget,
+  unless a smaller one is at least ``step_gain`` faster (a latency step), in
+  which case the fastest (ties within ``tie_tolerance`` to the larger rank);
+- skip rule: a layer is decomposed only where its factorized form is
+  measurably faster than dense (timed; a least-squares line through the
+  table's timings, so one noisy sample does not decide), or, with timing off, where its MACs
+  fall below ``skip_threshold`` of dense. Where the budget cannot be met that
+  way, the layers with the largest MAC saving are decomposed anyway, one at a
+  time, until it can (the budget wins over speed);
+- sequential freezing (:class:`SequentialFreezer`): during fine-tuning only
+  one factor of each decomposed pair trains, alternating every
+  ``freeze_every`` epochs (or steps), which skips the frozen factor's weight
+  gradient;
+- layer merging (:func:`merge_linear_chains`): adjacent linear maps with no
+  nonlinearity between them (in ``nn.Sequential`` containers, with only
+  Identity or p=0 Dropout between) are multiplied into one map, deployed as
+  one dense layer or as a factorized pair through the narrowest inner width,
+  whichever costs fewer MACs.
+
+Our choices where the papers leave room: timing is per layer on random inputs
+of the layer's real shape at the suite's batch sizes (mean relative time over
+``timing_batches``), single-threaded by default like the suite's latency; when
+the multiple cannot meet the budget (tiny layers), it is halved until it can.
+The papers fine-tune with frozen factors for speed on GPU/NPU; we measure CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from bench import Method, MethodContext, Target, register_method
+from bench.measure.latency import time_model
+from methods.layers import LowRankConv2d, LowRankLinear, factorize, select_layers, set_module
+from methods.layers.ranks import LayerSpectrum, RankSelection, ranks_for_knob
+from methods.svd import SVDParams, layer_spectra
+
+
+class AccelParams(BaseModel):
+    """Acceleration options shared by the low-rank methods."""
+
+    model_config = ConfigDict(extra="forbid")
+    rank_multiple: int | None = Field(
+        default=8, ge=1, description="round ranks to this multiple (8/16/32/64); None: off")
+    rank_table: bool = Field(
+        default=False, description="time a table of candidate ranks per layer and take the "
+        "fastest within the budget (needs timing)")
+    timing: bool = Field(default=True, description="time layers on this device for the "
+                         "rank table and the skip rule; off: MACs threshold only")
+    timing_batches: list[int] = Field(default_factory=lambda: [1, 64],
+                                      description="batch sizes the layer timings average over")
+    timing_threads: int = Field(default=1, ge=1, description="CPU threads while timing")
+    speed_margin: float = Field(default=0.05, ge=0.0, lt=1.0,
+                                description="factorized must be this much faster to be used")
+    skip_threshold: float = Field(default=0.8, gt=0.0, le=1.0,
+                                  description="without timing: decompose only below this "
+                                  "fraction of the dense layer's MACs")
+    tie_tolerance: float = Field(default=0.03, ge=0.0,
+                                 description="timed ranks this close count as equally fast")
+    step_gain: float = Field(default=0.25, ge=0.0, lt=1.0,
+                             description="a smaller table rank is taken only when it is this "
+                             "much faster than the largest rank within the budget")
+    sequential_freezing: bool = Field(default=True,
+                                      description="train one factor per pair at a time")
+    freeze_every: int = Field(default=1, ge=1, description="epochs (or steps) per turn")
+    freeze_unit: str = Field(default="epoch", pattern="^(epoch|step)$")
+    merge_layers: bool = Field(default=True, description="multiply adjacent linear maps")
+
+
+# -- rank quantization ----------------------------------------------------------------
+
+def quantize_rank(rank: int, multiple: int | None, full_rank: int) -> int:
+    """``rank`` rounded to the nearest multiple (at least one multiple), capped at full rank."""
+    if not multiple or multiple <= 1:
+        return max(1, min(rank, full_rank))
+    q = max(multiple, multiple * round(rank / multiple))
+    return q if q <= full_rank else max(1, min(full_rank, multiple * (full_rank // multiple)))
+
+
+def rank_table(sp: LayerSpectrum, multiple: int, max_entries: int = 8) -> list[int]:
+    """Candidate ranks of a layer: multiples of ``multiple`` below the break-even rank."""
+    top = sp.max_useful_rank()
+    cands = list(range(multiple, top + 1, multiple)) or [max(1, min(multiple, top))]
+    if len(cands) > max_entries:  # keep the table small: an even spread
+        step = len(cands) / max_entries
+        cands = sorted({cands[min(len(cands) - 1, int(i * step))] for i in range(max_entries)}
+                       | {cands[-1]})
+    return cands
+
+
+# -- timing ---------------------------------------------------------------------------
+
+def layer_inputs(model: nn.Module, layers: dict[str, nn.Module],
+                 input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Per-sample input shape of each layer (batch dimension dropped), from one forward."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = []
+    for path, layer in layers.items():
+        def hook(mod, inp, path=path):
+            shapes.setdefault(path, tuple(inp[0].shape[1:]))
+        hooks.append(layer.register_forward_pre_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return shapes
+
+
+@dataclass
+class LayerTimings:
+    """Relative time (factorized / dense, mean over batch sizes) per candidate rank."""
+
+    dense_ms: dict[int, float] = field(default_factory=dict)
+    relative: dict[int, float] = field(default_factory=dict)
+
+    def fitted(self, rank: int) -> float:
+        """Least-squares line through (rank, relative time): the skip rule's denoised view."""
+        pts = list(self.relative.items())
+        if len(pts) < 2:
+            return pts[0][1] if pts else float("inf")
+        n = len(pts)
+        mx = sum(r for r, _ in pts) / n
+        my = sum(t for _, t in pts) / n
+        var = sum((r - mx) ** 2 for r, _ in pts)
+        slope = sum((r - mx) * (t - my) for r, t in pts) / var if var else 0.0
+        return my + slope * (rank - mx)
+
+
+_TIMING_CACHE: dict[tuple, LayerTimings] = {}
+
+
+def _layer_key(layer: nn.Module, in_shape: tuple[int, ...]) -> tuple:
+    if isinstance(layer, nn.Linear):
+        return ("linear", layer.in_features, layer.out_features, layer.bias is not None, in_shape)
+    return ("conv", layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+            layer.padding, layer.dilation, layer.bias is not None, in_shape)
+
+
+def time_layer(layer: nn.Module, in_shape: tuple[int, ...], ranks: list[int],
+               opts: AccelParams) -> LayerTimings:
+    """Time dense and factorized forms of ``layer`` (random weights of the same shapes).
+
+    Layers of equal shape share one timing (cached for the process), so blocks
+    repeated through a network and later targets cost nothing more.
+    """
+    key = (_layer_key(layer, in_shape), tuple(ranks), tuple(opts.timing_batches),
+           opts.timing_threads)
+    if key in _TIMING_CACHE:
+        return _TIMING_CACHE[key]
+    out = LayerTimings()
+    kw = dict(threads=opts.timing_threads, warmup=3, min_runs=11, min_seconds=0.01)
+    layer = layer.cpu()
+    sums = dict.fromkeys(ranks, 0.0)
+    for bs in opts.timing_batches:
+        dense = time_model(layer, in_shape, bs, **kw).median_ms
+        out.dense_ms[bs] = dense
+        for r in ranks:
+            if isinstance(layer, nn.Linear):
+                fact = LowRankLinear(layer.in_features, layer.out_features, r,
+                                     bias=layer.bias is not None)
+            else:
+                fact = LowRankConv2d(layer, r)
+            sums[r] += time_model(fact, in_shape, bs, **kw).median_ms / max(dense, 1e-9)
+    out.relative = {r: s / len(opts.timing_batches) for r, s in sums.items()}
+    _TIMING_CACHE[key] = out
+    return out
+
+
+# -- rank choice ----------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    """Rank (None = dense) per layer and what decided it."""
+
+    ranks: dict[str, int | None]
+    multiple: int | None
+    forced: list[str]
+
+
+class AccelRankChooser:
+    """Budget-constrained ranks with quantization, timed tables and the skip rule."""
+
+    def __init__(self, spectra: list[LayerSpectrum], selection: RankSelection, metric: str,
+                 opts: AccelParams, timings: dict[str, LayerTimings] | None):
+        self.spectra, self.selection, self.metric = spectra, selection, metric
+        self.opts, self.timings = opts, timings or {}
+
+    def pick(self, sp: LayerSpectrum, raw: int, multiple: int | None) -> int:
+        """Quantized rank; with a timed table, a smaller table rank when it is clearly faster."""
+        rank = quantize_rank(raw, multiple, sp.full_rank)
+        timing = self.timings.get(sp.path)
+        if not (self.opts.rank_table and timing and timing.relative
+                and multiple == self.opts.rank_multiple):
+            return rank
+        allowed = {r: t for r, t in timing.relative.items() if r <= rank}
+        if not allowed:
+            return rank
+        top = max(allowed)
+        fastest = min(allowed.values())
+        if fastest >= allowed[top] * (1 - self.opts.step_gain):
+            return top  # no latency step below the budget's rank: keep the accuracy
+        return max(r for r, t in allowed.items() if t <= fastest * (1 + self.opts.tie_tolerance))
+
+    def worth_it(self, sp: LayerSpectrum, rank: int) -> bool:
+        if sp.saving(rank, self.metric) <= 0:
+            return False
+        timing = self.timings.get(sp.path)
+        if self.opts.timing and timing and timing.relative and rank >= min(timing.relative):
+            return timing.fitted(rank) < 1.0 - self.opts.speed_margin
+        frac = sp.factorized_cost(rank, "macs") / max(1, sp.dense_cost("macs"))
+        return frac < self.opts.skip_threshold
+
+    def assign(self, knob: float, multiple: int | None, forced: set[str]) -> dict[str, int | None]:
+        raw = ranks_for_knob(self.spectra, self.selection, knob)
+        out: dict[str, int | None] = {}
+        for sp in self.spectra:
+            r = self.pick(sp, raw[sp.path], multiple)
+            keep = sp.saving(r, self.metric) > 0 and (sp.path in forced or self.worth_it(sp, r))
+            out[sp.path] = r if keep else None
+        return out
+
+    def cost(self, ranks: dict[str, int | None], dense_total: int) -> int:
+        return dense_total - sum(sp.saving(ranks.get(sp.path), self.metric)
+                                 for sp in self.spectra)
+
+    def choose(self, dense_total: int, budget: float, grid: int = 256) -> Plan:
+        multiple = self.opts.rank_multiple
+        while True:
+            forced: set[str] = set()
+            order = sorted(self.spectra, key=lambda sp: -sp.saving(
+                self.pick(sp, 1, multiple), self.metric))
+            floor = self.assign(0.0, multiple, forced)
+            for sp in order:  # the budget wins over the skip rule
+                if self.cost(floor, dense_total) <= budget:
+                    break
+                if floor[sp.path] is None:
+                    forced.add(sp.path)
+                    floor = self.assign(0.0, multiple, forced)
+            if self.cost(floor, dense_total) <= budget or not multiple or multiple <= 1:
+                break
+            multiple //= 2  # tiny layers: the multiple itself is over budget
+        # Quantized ranks, timed tables and the skip rule make cost non-monotone in
+        # the knob, so scan it on a grid and keep the feasible plan that uses most
+        # of the budget (the highest ranks the budget allows).
+        best, best_cost = floor, self.cost(floor, dense_total)
+        for i in range(1, grid + 1):
+            cand = self.assign(i / grid, multiple, forced)
+            c = self.cost(cand, dense_total)
+            if best_cost < c <= budget:
+                best, best_cost = cand, c
+        return Plan(best, multiple, sorted(forced))
+
+
+def decompose_accel(model: nn.Module, target: Target, ctx: MethodContext,
+                    layers: dict[str, nn.Module], selection: RankSelection,
+                    opts: AccelParams, max_attempts: int = 5) -> nn.Module:
+    """Factorize ``layers`` in place with accelerated rank choices that meet ``target``."""
+    spectra = layer_spectra(model, layers, ctx.input_shape)
+    metric = target.metric
+    dense_total = ctx.measure(model).get(metric)
+    reference = ctx.dense_cost.get(metric) if ctx.dense_cost else dense_total
+    budget = target.ratio * reference
+    timings: dict[str, LayerTimings] = {}
+    if opts.timing:
+        shapes = layer_inputs(model, layers, ctx.input_shape)
+        multiple = opts.rank_multiple or 1
+        for sp in spectra:
+            table = rank_table(sp, multiple) if opts.rank_table else sorted(
+                {quantize_rank(r, multiple, sp.full_rank) for r in range(1, sp.full_rank + 1)})
+            table = [r for r in table if r <= sp.max_useful_rank()] or table[:1]
+            timings[sp.path] = time_layer(layers[sp.path], shapes[sp.path], table, opts)
+    chooser = AccelRankChooser(spectra, selection, metric, opts, timings)
+    goal, plan, achieved = budget, None, dense_total
+    for _ in range(max_attempts):
+        plan = chooser.choose(dense_total, goal)
+        for path, layer in layers.items():
+            rank = plan.ranks.get(path)
+            set_module(model, path, layer if rank is None else factorize(layer, rank))
+        achieved = ctx.measure(model).get(metric)
+        if achieved <= budget:
+            break
+        goal -= achieved - budget  # ops the closed form does not see
+    assert plan is not None
+    ctx.record("ranks", dict(plan.ranks))
+    ctx.record("full_ranks", {sp.path: sp.full_rank for sp in spectra})
+    ctx.record("rank_multiple", plan.multiple)
+    ctx.record("forced_by_budget", plan.forced)
+    if timings:
+        ctx.record("relative_layer_time", {p: {str(r): round(t, 3) for r, t in lt.relative.items()}
+                                           for p, lt in timings.items()})
+    if achieved > budget:
+        ctx.logger.warning("%s budget %s not reachable: %.4f of dense", metric, target.label,
+                           achieved / reference)
+    return model
+
+
+# -- layer merging --------------------------------------------------------------------
+
+def _linear_maps(module: nn.Module) -> list[nn.Linear] | None:
+    if type(module) is nn.Linear:
+        return [module]
+    if isinstance(module, LowRankLinear):
+        return [module.first, module.second]
+    return None
+
+
+def _transparent(module: nn.Module) -> bool:
+    return isinstance(module, nn.Identity) or (isinstance(module, nn.Dropout) and module.p == 0)
+
+
+def merge_maps(maps: list[nn.Linear]) -> nn.Module:
+    """One module computing maps[-1](...maps[0](x)): dense or a pair through the narrowest width."""
+    dims = [maps[0].in_features] + [m.out_features for m in maps]
+    inner = min(range(1, len(dims) - 1), key=lambda i: dims[i])
+
+    def compose(chain: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w = chain[0].weight.detach().double()
+        b = None if chain[0].bias is None else chain[0].bias.detach().double()
+        for m in chain[1:]:
+            mw = m.weight.detach().double()
+            w = mw @ w
+            b = None if b is None else mw @ b
+            if m.bias is not None:
+                b = m.bias.detach().double() if b is None else b + m.bias.detach().double()
+        return w, b
+
+    d0, dm, dn = dims[0], dims[inner], dims[-1]
+    dtype, device = maps[0].weight.dtype, maps[0].weight.device
+    if d0 * dn <= dm * (d0 + dn):
+        w, b = compose(maps)
+        out = nn.Linear(d0, dn, bias=b is not None)
+        with torch.no_grad():
+            out.weight.copy_(w.to(dtype))
+            if b is not None:
+                out.bias.copy_(b.to(dtype))
+        return out.to(device)
+    w1, b1 = compose(maps[:inner])
+    w2, b2 = compose(maps[inner:])
+    if b1 is not None:  # push the inner bias through the second half
+        b2 = w2 @ b1 if b2 is None else b2 + w2 @ b1
+    out = LowRankLinear.from_factors(w1.to(dtype), w2.to(dtype),
+                                     None if b2 is None else b2.to(dtype))
+    return out.to(device)
+
+
+def merge_linear_chains(model: nn.Module) -> int:
+    """Merge runs of linear maps inside every nn.Sequential, in place; returns merges done."""
+    merged = 0
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        i = 0
+        while i < len(names):
+            maps = _linear_maps(seq._modules[names[i]])
+            if maps is None:
+                i += 1
+                continue
+            run, j = [names[i]], i + 1
+            chain = list(maps)
+            while j < len(names):
+                mod = seq._modules[names[j]]
+                nxt = _linear_maps(mod)
+                if nxt is not None:
+                    chain += nxt
+                    run.append(names[j])
+                elif not _transparent(mod):
+                    break
+                j += 1
+            linears = [n for n in run if _linear_maps(seq._modules[n]) is not None]
+            if len(linears) > 1:
+                seq._modules[run[0]] = merge_maps(chain)
+                for n in run[1:]:
+                    seq._modules[n] = nn.Identity()
+                merged += len(linears) - 1
+            i = j
+    return merged
+
+
+# -- sequential freezing --------------------------------------------------------------
+
+def factor_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """(first, second) of every decomposed pair: modules with ``first``/``second`` children."""
+    pairs = []
+    for m in model.modules():
+        a, b = getattr(m, "first", None), getattr(m, "second", None)
+        if isinstance(a, nn.Module) and isinstance(b, nn.Module):
+            pairs.append((a, b))
+    return pairs
+
+
+class SequentialFreezer:
+    """Alternates which factor of each pair trains, during fine-tuning only.
+
+    Freezing is by ``requires_grad``: the optimizer is built with every
+    parameter before the first step, and SGD/Adam(W) skip a parameter whose
+    gradient is None, so a frozen factor is neither stepped nor decayed.
+    """
+
+    def __init__(self, every: int = 1, unit: str = "epoch"):
+        self.every, self.unit = every, unit
+        self.frozen: str | None = None
+
+    def turn(self, ctx: MethodContext) -> str:
+        tick = ctx.epoch if self.unit == "epoch" else ctx.step
+        return "first" if (tick // self.every) % 2 == 0 else "second"
+
+    def apply(self, model: nn.Module, frozen: str | None) -> None:
+        for first, second in factor_pairs(model):
+            for name, mod in (("first", first), ("second", second)):
+                for p in mod.parameters():
+                    p.requires_grad_(name != frozen)
+        self.frozen = frozen
+
+    def before_step(self, model: nn.Module, ctx: MethodContext) -> None:
+        if ctx.phase != "finetune":
+            return
+        want = self.turn(ctx)
+        if want != self.frozen:
+            self.apply(model, want)
+
+    def on_epoch_end(self, model: nn.Module, ctx: MethodContext) -> None:
+        if ctx.phase == "finetune" and ctx.epoch >= ctx.epochs - 1:
+            self.apply(model, None)  # hand back a fully trainable model
+
+
+# -- the method -----------------------------------------------------------------------
+
+class SVDAccelParams(SVDParams, AccelParams):
+    model_config = ConfigDict(extra="forbid")
+
+
+@register_method
+class SVDAccel(Method):
+    """SVD with rank quantization/tables, the skip rule, sequential freezing and merging."""
+
+    name = "svd-accel"
+    kind = "post"
+    Params = SVDAccelParams
+    description = "SVD with hardware-aware ranks, skip rule, sequential freezing, merging"
+
+    def __init__(self, params=None):
+        super().__init__(params)
+        p: SVDAccelParams = self.params
+        self.freezer = SequentialFreezer(p.freeze_every, p.freeze_unit) \
+            if p.sequential_freezing else None
+
+    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
+        if target is None:
+            return model
+        p: SVDAccelParams = self.params
+        layers = select_layers(model, p.include or None, p.exclude or None,
+                               p.skip_first_conv, p.skip_classifier)
+        model = decompose_accel(model, target, ctx, layers, p.rank_selection, p)
+        if p.merge_layers:
+            ctx.record("merged_layers", merge_linear_chains(model))
+        return model
+
+    def before_step(self, model: nn.Module, ctx: MethodContext) -> None:
+        if self.freezer is not None:
+            self.freezer.before_step(model, ctx)
+
+    def on_epoch_end(self, model: nn.Module, ctx: MethodContext) -> None:
+        if self.freezer is not None:
+            self.freezer.on_epoch_end(model, ctx)
