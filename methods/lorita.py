@@ -24,7 +24,12 @@ Our choices, where the paper or its code differs:
   Under AdamW that decay is decoupled, not the L2 penalty of the paper's SGD.
 - Initialisation: the last Linear factor (or the first, k x k conv factor)
   inherits the model's own initial weight of that layer and bias; the added
-  in->in / 1x1 factors get PyTorch's default init, as in the authors' code.
+  in->in / 1x1 factors are random orthogonal by default, so the merged weight
+  at init has exactly the singular values of the plain model's init (N = 1 and
+  N > 1 start from the same spectrum, and the signal scale does not shrink
+  with N in networks without normalisation). ``init="default"`` gives
+  PyTorch's default init for them, as in the authors' code, whose networks
+  have BatchNorm after every factorized layer.
 - Every Linear/Conv2d is over-parameterized during training (also the first
   conv and classifier, as in the paper), grouped/depthwise convs excepted;
   which layers are then truncated follows the ``svd`` selection (first conv and
@@ -33,6 +38,8 @@ Our choices, where the paper or its code differs:
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,11 +50,22 @@ from methods.layers import select_layers, set_module, weight_matrix
 from methods.layers.ranks import RankSelection, effective_rank
 from methods.svd import decompose_to_budget
 
+FactorInit = Literal["orthogonal", "default"]
+
+
+def init_factor(weight: Tensor, init: FactorInit) -> None:
+    """Initialise an added square factor (in->in Linear or out->out 1x1 conv)."""
+    if init == "orthogonal":
+        with torch.no_grad():
+            nn.init.orthogonal_(weight)
+    elif init != "default":
+        raise ValueError(f"Unknown factor init '{init}'. Allowed: orthogonal, default")
+
 
 class LoRITaLinear(nn.Module):
     """y = W_N ... W_2 W_1 x + b: (N-1) in->in maps, then in->out with the bias."""
 
-    def __init__(self, layer: nn.Linear, n: int):
+    def __init__(self, layer: nn.Linear, n: int, init: FactorInit = "orthogonal"):
         super().__init__()
         if n < 2:
             raise ValueError("LoRITaLinear needs N >= 2 factors")
@@ -59,6 +77,8 @@ class LoRITaLinear(nn.Module):
                 last.bias.copy_(layer.bias)
         self.factors = nn.ModuleList(
             [nn.Linear(d_in, d_in, bias=False) for _ in range(n - 1)] + [last])
+        for f in self.factors[:-1]:
+            init_factor(f.weight, init)
         self.to(layer.weight.device, layer.weight.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -84,7 +104,7 @@ class LoRITaLinear(nn.Module):
 class LoRITaConv2d(nn.Module):
     """k x k Conv (in->out, no bias) then (N-1) Conv 1x1 (out->out), bias on the last."""
 
-    def __init__(self, conv: nn.Conv2d, n: int):
+    def __init__(self, conv: nn.Conv2d, n: int, init: FactorInit = "orthogonal"):
         super().__init__()
         if n < 2:
             raise ValueError("LoRITaConv2d needs N >= 2 factors")
@@ -98,6 +118,8 @@ class LoRITaConv2d(nn.Module):
         c = conv.out_channels
         pointwise = [nn.Conv2d(c, c, 1, bias=(i == n - 2 and conv.bias is not None))
                      for i in range(n - 1)]
+        for f in pointwise:
+            init_factor(f.weight, init)
         if conv.bias is not None:
             with torch.no_grad():
                 pointwise[-1].bias.copy_(conv.bias)
@@ -131,7 +153,8 @@ OVERPARAMETERIZED = (LoRITaLinear, LoRITaConv2d)
 
 
 def overparameterize(model: nn.Module, n: int, include: list[str] | None = None,
-                     exclude: list[str] | None = None) -> nn.Module:
+                     exclude: list[str] | None = None,
+                     init: FactorInit = "orthogonal") -> nn.Module:
     """Replace every Linear/Conv2d (groups 1) by its N-factor form, in place.
 
     Structure depends only on the model's architecture and ``n``, so a state_dict
@@ -142,7 +165,8 @@ def overparameterize(model: nn.Module, n: int, include: list[str] | None = None,
     layers = select_layers(model, include, exclude, skip_first_conv=False,
                            skip_classifier=False)
     for path, layer in layers.items():
-        new = LoRITaLinear(layer, n) if isinstance(layer, nn.Linear) else LoRITaConv2d(layer, n)
+        cls = LoRITaLinear if isinstance(layer, nn.Linear) else LoRITaConv2d
+        new = cls(layer, n, init)
         set_module(model, path, new)
     return model
 
@@ -176,6 +200,9 @@ class LoRITaParams(BaseModel):
                    "(1 = plain training)")
     weight_decay: float = Field(default=1e-3, ge=0.0,
                                 description="weight decay of LoRITa's own training")
+    init: FactorInit = Field(
+        default="orthogonal", description="init of the added square factors: orthogonal "
+        "(merged weight starts as the plain init) or default (PyTorch's, as the authors)")
     rank_selection: RankSelection = Field(
         default="local", description="local, global or energy (as in svd)")
     include: list[str] = Field(default_factory=list,
@@ -198,7 +225,7 @@ class LoRITa(Method):
 
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         p: LoRITaParams = self.params
-        return overparameterize(model, p.N, exclude=p.exclude or None)
+        return overparameterize(model, p.N, exclude=p.exclude or None, init=p.init)
 
     def weight_decay(self, default: float) -> float:
         return self.params.weight_decay

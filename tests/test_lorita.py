@@ -179,3 +179,16 @@ def test_effective_rank_of_a_known_low_rank_product():
         layer.factors[0].weight.zero_()
         layer.factors[0].weight[:3, :3] = torch.eye(3)  # rank-3 product
     assert merged_effective_ranks(model)["1"] <= 3
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_orthogonal_init_keeps_the_plain_init_spectrum(n):
+    torch.manual_seed(0)
+    layer, conv = nn.Linear(24, 16), nn.Conv2d(4, 8, 3)
+    for plain, fact in ((layer, LoRITaLinear(layer, n)), (conv, LoRITaConv2d(conv, n))):
+        s_plain = torch.linalg.svdvals(plain.weight.detach().reshape(plain.weight.shape[0], -1))
+        merged = fact.merged().weight.detach()
+        s_merged = torch.linalg.svdvals(merged.reshape(merged.shape[0], -1))
+        assert torch.allclose(s_plain, s_merged, atol=1e-5)
+    default = LoRITaLinear(layer, n, init="default").merged().weight.detach()
+    assert torch.linalg.matrix_norm(default) < torch.linalg.matrix_norm(layer.weight) * 0.9

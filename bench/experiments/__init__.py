@@ -1,0 +1,1 @@
+"""Standalone measurements that go beyond a suite: run each as a module."""
