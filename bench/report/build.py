@@ -57,7 +57,7 @@ def md_escape(text: Any) -> str:
 
 def tier_title(metric: str | None, ratio: float) -> str:
     """'MACs ≤ 0.5× dense' for a {macs: 0.5} target: readable, and no '<' to escape."""
-    if metric is None:
+    if metric is None or _missing(metric):
         return "no budget"
     return f"{METRIC_NAMES.get(metric, metric)} ≤ {ratio:g}× dense"
 
@@ -83,7 +83,8 @@ def _entries(g: pd.DataFrame, cpu_b: list[str], cuda_b: list[str], test_n: int |
     for (method, target), e in g.groupby(["method", "target"], sort=False):
         row: dict[str, Any] = {
             "method": method, "target": target, "dense": bool(dense[e.index].all()),
-            "metric": e.target_metric.iloc[0], "ratio": e.target_ratio.iloc[0],
+            "metric": None if _missing(e.target_metric.iloc[0]) else e.target_metric.iloc[0],
+            "ratio": e.target_ratio.iloc[0],
             "est": estimate(e.top1.tolist(), test_n), "seeds": sorted(e.seed.tolist()),
             "params_ratio": e.params_ratio.mean(), "macs_ratio": e.macs_ratio.mean(),
             "cost_s": e.cost_s.mean(),
