@@ -79,9 +79,11 @@ def fake_record(cell, suite, seed_noise: int, fail: bool = False) -> dict:
     b64 = 2.0 + 10.0 * macs_ratio * lat_factor
     lat = {"b1": {"median_ms": b1, "p90_ms": b1 * 1.1, "iqr_ms": 0.01, "n": 50},
            "b64": {"median_ms": b64, "p90_ms": b64 * 1.1, "iqr_ms": 0.1, "n": 20}}
+    cuda = ({"b1": {"median_ms": b1 / 8, "p90_ms": b1 / 7, "n": 50}}
+            if cell.model.display == "mlp-wide" else None)  # a GPU measured one model only
     metrics = {"top1": correct / TEST_N, "top5": 1.0, "val_top1": 0.9, "params": 1000,
                "params_ratio": macs_ratio * 1.01, "macs": 5000, "macs_ratio": macs_ratio,
-               "latency": {"cpu": lat, "cuda": None}, "macs_fvcore": 5000,
+               "latency": {"cpu": lat, "cuda": cuda}, "macs_fvcore": 5000,
                "a_future_metric": 7}
     if cell.target_obj:
         metrics["budget"] = {"metric": "macs", "ratio": ratio, "achieved": macs_ratio,
@@ -210,8 +212,15 @@ def test_report_end_to_end(tmp_path):
     assert "**RuntimeError**" in md and "<img" not in md and "\\|" in md
     assert "| svd |" in md and "| ref | dense |" in md
     assert "top-1 % ↑" in md and "MACs ×dense ↓" in md and "GPU p50 ms ↓ (batch 1)" in md
-    # mean ± std over 3 seeds, dense reference, speedups and n/a GPU latency
-    assert " ± " in md and "| ref |" in md and "×" in md and "| n/a |" in md
+    # mean ± std over 3 seeds, dense reference, speedups; GPU latency only where measured
+    assert " ± " in md and "| ref |" in md and "×" in md
+    mlp, wide = md.split("## mlp on digits")[1].split("## mlp-wide on digits")
+    gpu = [line.split(" | ")[-2] for line in mlp.splitlines() if line.startswith("| ref |")]
+    assert gpu and set(gpu) == {"n/a"}
+    gpu = [line.split(" | ")[-2] for line in wide.splitlines() if line.startswith("| ref |")]
+    assert gpu and "n/a" not in gpu and float(gpu[0]) > 0
+    assert "](acc-vs-gpu-latency-mlp-wide-digits.png)" in wide
+    assert not (out / "acc-vs-gpu-latency-mlp-digits.svg").exists()
     html = (out / "index.html").read_text()
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;img src=x onerror=alert(2)&gt;" in html and "{{" not in html

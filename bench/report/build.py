@@ -170,6 +170,8 @@ def _points(a: dict) -> pd.DataFrame:
         for b in a["cpu_b"]:
             row[f"cpu_{b}_ms"] = e.get(f"cpu_{b}_ms")
             row[f"speedup_{b}"] = e.get(f"speedup_{b}")
+        for b in a["cuda_b"]:
+            row[f"cuda_{b}_ms"] = e.get(f"cuda_{b}_ms")
         rows.append(row)
     df = pd.DataFrame(rows)
     return df.astype({c: float for c in df.columns if c not in ("method", "dense")})
@@ -315,7 +317,7 @@ def analyse(suite: Suite, records: list[dict], expected: int, out_dir: Path) -> 
             stem += "-x"
         used.add(stem)
         plots = group_plots(_points(a), a["cpu_b"], f"{model} on {dataset}", colors,
-                            out_dir, stem)
+                            out_dir, stem, cuda_batches=a["cuda_b"])
         seeds = int(g.seed.nunique())
         groups.append({
             "model": model, "dataset": dataset, "anchor": stem, "seeds": seeds,

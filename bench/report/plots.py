@@ -144,8 +144,8 @@ def speedup_vs_theoretical(points: pd.DataFrame, batches: list[str], title: str,
 
 
 def group_plots(points: pd.DataFrame, batches: list[str], title: str, colors: dict,
-                out_dir: Path, stem: str) -> list[Plot]:
-    """The four plots of one model x dataset; file names start with their kind."""
+                out_dir: Path, stem: str, cuda_batches: list[str] | None = None) -> list[Plot]:
+    """The plots of one model x dataset (a GPU one where measured); names start with the kind."""
     plots = []
     png, svg = accuracy_vs(points, "macs_ratio", "MACs relative to dense (log scale) ↓",
                            f"accuracy vs MACs: {title}", colors, out_dir,
@@ -166,4 +166,12 @@ def group_plots(points: pd.DataFrame, batches: list[str], title: str, colors: di
         png, svg = speedup_vs_theoretical(points, batches, f"speedup: {title}", colors,
                                           out_dir, f"speedup-{stem}")
         plots.append(Plot("speedup", "measured vs theoretical speedup", png, svg))
+    if cuda_batches and points[f"cuda_{cuda_batches[0]}_ms"].notna().any():
+        b = cuda_batches[0]
+        png, svg = accuracy_vs(points, f"cuda_{b}_ms",
+                               f"measured GPU latency, batch {b[1:]}, p50 (ms, log) ↓",
+                               f"accuracy vs GPU latency: {title}", colors, out_dir,
+                               f"acc-vs-gpu-latency-{stem}")
+        plots.append(Plot("gpu-latency", f"accuracy vs measured GPU latency (batch {b[1:]})",
+                          png, svg))
     return plots
