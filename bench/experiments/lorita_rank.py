@@ -57,12 +57,13 @@ def context(model: torch.nn.Module, shape: tuple[int, ...]) -> MethodContext:
 
 
 def run_one(model_key: str, n: int, opt_key: str, seed: int, epochs: int, weight_decay: float,
-            targets: list[float], device: torch.device, data) -> dict[str, Any]:
+            targets: list[float], device: torch.device, data,
+            init: str = "orthogonal") -> dict[str, Any]:
     name, kwargs = MODELS[model_key]
     torch.manual_seed(seed)
     fresh = build_model(name, data.num_classes, data.in_chans, data.img_size, kwargs)
     dense_cost = measure_cost(fresh, data.input_shape)
-    method = LoRITa({"N": n, "weight_decay": weight_decay})
+    method = LoRITa({"N": n, "weight_decay": weight_decay, "init": init})
     model = method.prepare(copy.deepcopy(fresh), context(fresh, data.input_shape)).to(device)
     stats = train(model, data, epochs=epochs, batch_size=64, weight_decay=weight_decay,
                   augment=False, seed=seed, **OPTIMIZERS[opt_key])
@@ -70,7 +71,8 @@ def run_one(model_key: str, n: int, opt_key: str, seed: int, epochs: int, weight
     eranks = merged_effective_ranks(merged)
     truncatable = select_layers(merged)
     row: dict[str, Any] = {
-        "model": model_key, "N": n, "optimizer": opt_key, "seed": seed, "epochs": epochs,
+        "model": model_key, "N": n, "init": init if n > 1 else "-", "optimizer": opt_key,
+        "seed": seed, "epochs": epochs,
         "weight_decay": weight_decay, "train_s": round(stats.seconds, 1),
         "erank_truncatable": statistics.mean(eranks[p] for p in truncatable),
         "erank_all": statistics.mean(eranks.values()),
@@ -87,15 +89,15 @@ def run_one(model_key: str, n: int, opt_key: str, seed: int, epochs: int, weight
 
 def summarize(rows: list[dict[str, Any]]) -> list[str]:
     keys = [k for k in rows[0] if k.startswith("top1")]
-    lines = ["model  opt    N  erank(trunc)  erank(all)  " + "  ".join(keys)]
+    lines = ["model  opt    N  init        erank(trunc)  erank(all)  " + "  ".join(keys)]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["model"], r["optimizer"], r["N"]), []).append(r)
-    for (model, opt, n), rs in groups.items():
+        groups.setdefault((r["model"], r["optimizer"], r["N"], r["init"]), []).append(r)
+    for (model, opt, n, init), rs in groups.items():
         def m(k: str, rs=rs) -> float:
             return statistics.mean(r[k] for r in rs)
         cells = "  ".join(f"{m(k):.4f}".rjust(len(k)) for k in keys)
-        lines.append(f"{model:5s}  {opt:5s}  {n}  {m('erank_truncatable'):12.1f}  "
+        lines.append(f"{model:5s}  {opt:5s}  {n}  {init:10s}  {m('erank_truncatable'):12.1f}  "
                      f"{m('erank_all'):10.1f}  {cells}")
     return lines
 
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
                     choices=sorted(OPTIMIZERS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--inits", nargs="+", default=["orthogonal"],
+                    choices=["orthogonal", "default"], help="init of the added factors (N > 1)")
     ap.add_argument("--weight-decay", type=float, default=1e-3)
     ap.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.25, 0.125])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -121,13 +125,14 @@ def main(argv: list[str] | None = None) -> None:
     for model_key in args.models:
         for opt_key in args.optimizers:
             for n in args.n:
-                for seed in args.seeds:
-                    row = run_one(model_key, n, opt_key, seed, args.epochs, args.weight_decay,
-                                  args.targets, device, data)
-                    rows.append(row)
-                    print(f"{model_key} {opt_key} N={n} seed={seed}: erank "
-                          f"{row['erank_truncatable']:.1f} top1 {row['top1']:.4f} "
-                          f"({row['train_s']}s)", flush=True)
+                for init in (args.inits if n > 1 else ["orthogonal"]):
+                    for seed in args.seeds:
+                        row = run_one(model_key, n, opt_key, seed, args.epochs,
+                                      args.weight_decay, args.targets, device, data, init)
+                        rows.append(row)
+                        print(f"{model_key} {opt_key} N={n} {row['init']} seed={seed}: erank "
+                              f"{row['erank_truncatable']:.1f} top1 {row['top1']:.4f} "
+                              f"({row['train_s']}s)", flush=True)
     print(f"\n{args.dataset}, {args.epochs} epochs, weight decay {args.weight_decay}, "
           f"seeds {args.seeds} (means); erank = singular values holding 99% energy; "
           f"noft = truncated SVD at that MAC ratio, no fine-tuning")
