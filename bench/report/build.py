@@ -308,7 +308,10 @@ def analyse(suite: Suite, records: list[dict], expected: int, out_dir: Path) -> 
     ok = df[df.status == "ok"]
     suite_order = [tier_label for tier_label in
                    (f"{k}<={v:g}" for t in suite.targets for k, v in t.items())]
-    colors = method_colors(df.method.tolist())
+    # colours follow the suite's method order, so each method keeps its colour across reruns
+    order = [c.method_label for c in expand(suite)] + df.method.tolist()
+    dense_labels = set(df.method[df.method_name == "dense"])
+    colors = method_colors([m for m in order if m not in dense_labels])
     groups, score_rows, used = [], [], set()
     for (model, dataset), g in ok.groupby(["model", "dataset"], sort=False):
         a = analyse_group(g, suite_order)
