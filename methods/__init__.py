@@ -6,9 +6,20 @@ from methods import (  # noqa: F401
     dense_small,
     funnel,
     lorita,
+    maestro,
     monarch,
     prune,
     svd,
 )
 
-__all__ = ["accel", "dense", "dense_small", "funnel", "lorita", "monarch", "prune", "svd"]
+__all__ = [
+    "accel",
+    "dense",
+    "dense_small",
+    "funnel",
+    "lorita",
+    "maestro",
+    "monarch",
+    "prune",
+    "svd",
+]

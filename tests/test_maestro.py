@@ -1,0 +1,262 @@
+"""Maestro (LoD): ordered layer, ordered dropout, shrinking, nested budgets, PCA recovery."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.data import load_dataset
+from bench.measure import measure_cost
+from bench.method import MethodContext, Target
+from bench.train import evaluate, train
+from methods.layers import LowRankConv2d, LowRankLinear
+from methods.layers.ordered import OrderedFactorized
+from methods.maestro import Maestro, ordered_layers
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is faster, and far faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+PLAIN = (nn.Linear, nn.Conv2d, LowRankLinear, LowRankConv2d, nn.ReLU, nn.Flatten,
+         nn.Sequential, nn.BatchNorm2d, nn.AdaptiveAvgPool2d)
+
+
+def make_ctx(model: nn.Module | None, shape=(1, 8, 8), data=None) -> MethodContext:
+    if data is None:
+        empty = lambda: iter(())  # noqa: E731
+        cal = val = empty
+    else:
+        cal = lambda: data.batches("train", 64, shuffle=True,  # noqa: E731
+                                   generator=torch.Generator().manual_seed(0))
+        val = lambda: data.batches("val", 256)  # noqa: E731
+    return MethodContext(device=torch.device("cpu"), generator=torch.Generator(), seed=0,
+                         calibration_batches=cal, val_batches=val,
+                         measure=lambda m: measure_cost(m, shape),
+                         dense_cost=None if model is None else measure_cost(model, shape),
+                         input_shape=shape)
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(20, 12), nn.Linear(6, 30),
+                                   nn.Conv2d(4, 6, 3, padding=1, stride=2)])
+def test_ordered_layer_is_exact_at_full_rank_and_deploys_prefixes(layer):
+    x = torch.randn(5, layer.weight.shape[1]) if isinstance(layer, nn.Linear) \
+        else torch.randn(5, 4, 9, 9)
+    od = OrderedFactorized(layer)
+    assert (od(x) - layer(x)).abs().max() < 1e-4
+    od.eval()
+    for r in (1, 2, od.full_rank):
+        od.rank_limit = r
+        deployed = od.deploy(r)
+        assert (deployed(x) - od(x)).abs().max() < 1e-4
+        if od.factorized_is_cheaper(r):
+            assert isinstance(deployed, (LowRankLinear, LowRankConv2d)) and deployed.rank == r
+        else:
+            assert type(deployed) is type(layer)
+    od.rank_limit = None
+    od.od_rank = 1
+    assert (od(x) - layer(x)).abs().max() < 1e-4  # eval mode ignores the dropout sample
+    od.train()
+    assert od.effective_rank() == 1
+
+
+def test_shrinking_keeps_a_prefix_and_state_dict_shapes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    m = Maestro({"epsilon": 1e-3})
+    ctx = make_ctx(None)
+    model = m.prepare(model, ctx)
+    layer = ordered_layers(model)["1"]
+    with torch.no_grad():  # components 20.. negligible, 10 negligible but followed by 11..19
+        layer.v[20:] *= 1e-6
+        layer.u[:, 20:] *= 1e-6
+        layer.v[10] *= 1e-6
+        layer.u[:, 10] *= 1e-6
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    ctx.phase, ctx.epoch = "train", 0
+    m.on_epoch_end(model, ctx)
+    assert layer.kept == 20  # only the trailing run is cut
+    assert ctx.info["ranks_per_epoch"][0]["ranks"] == {"1": 20}
+    fresh = m.prepare(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(),
+                                    nn.Linear(32, 10)), make_ctx(None))
+    fresh.load_state_dict(model.state_dict())
+    assert ordered_layers(fresh)["1"].kept == 20
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == shapes
+
+
+class ReversedCalls(nn.Module):
+    """Calls its layers in the reverse of their registration order."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 6)
+        self.c = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.a(self.b(self.c(x))))
+
+
+def test_ordered_dropout_samples_each_pair_once_per_cycle_whatever_the_call_order():
+    model = ReversedCalls()
+    m = Maestro()
+    ctx = make_ctx(None, shape=(6,))
+    model = m.prepare(model, ctx)
+    seen: list[dict[str, int]] = []
+    step: dict[str, int] = {}
+    for path, layer in ordered_layers(model).items():
+        layer.register_forward_hook(
+            lambda mod, i, o, path=path: step.__setitem__(path, mod.effective_rank()))
+    ctx.phase = "train"
+    model.train()
+    for _ in range(3 * 6):  # 3 layers x ranks 1..6
+        step.clear()
+        m.before_step(model, ctx)
+        model(torch.randn(2, 6))
+        seen.append(dict(step))
+    cuts = []
+    for s in seen:
+        cut = [(p, r) for p, r in s.items() if r < 6]
+        assert len(cut) <= 1  # every other layer runs at full rank
+        cuts += cut
+    assert sorted(cuts) == sorted((p, r) for p in ("a", "b", "c") for r in range(1, 6))
+    assert sum(1 for s in seen if all(r == 6 for r in s.values())) == 3
+    ctx.phase = "finetune"
+    m.before_step(model, ctx)
+    assert all(layer.od_rank is None for layer in ordered_layers(model).values())
+    assert m.regularizer(model, ctx) is None
+
+
+def test_group_lasso_is_hierarchical():
+    od = OrderedFactorized(nn.Linear(3, 2))
+    with torch.no_grad():
+        od.v.copy_(torch.tensor([[3.0, 0.0, 0.0], [0.0, 4.0, 0.0]]))
+        od.u.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+    # b=0: sqrt(9+16) + sqrt(1+4); b=1: sqrt(16) + sqrt(4)
+    expected = 5.0 + math.sqrt(5.0) + 4.0 + 2.0
+    assert abs(float(od.hierarchical_group_lasso().detach()) - expected) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def trained_mlp():
+    data = load_dataset("digits", {}, None)
+    torch.manual_seed(0)
+    from bench.models import build_model
+
+    dense = build_model("mlp", 10, 1, 8, kwargs={"hidden": [128, 128]})
+    dense_cost = measure_cost(dense, data.input_shape)
+    m = Maestro()
+    ctx = make_ctx(None, data=data)
+    ctx.dense_cost = dense_cost
+    model = m.prepare(dense, ctx)
+    train(model, data, epochs=8, batch_size=64, optimizer="adamw", lr=3e-3,
+          weight_decay=5e-4, augment=False, method=m, ctx=ctx, phase="train")
+    return data, m, model, dense_cost, ctx
+
+
+def test_nested_budgets_are_met_with_plain_layers_and_accuracy_degrades_gracefully(trained_mlp):
+    data, m, model, dense_cost, train_ctx = trained_mlp
+    assert len(train_ctx.info["ranks_per_epoch"]) == 8
+    accs, ranks = [], []
+    for ratio in (0.5, 0.25, 0.15, 0.1):
+        ctx = make_ctx(None, data=data)
+        ctx.dense_cost = dense_cost
+        out = m.compress(copy.deepcopy(model), Target("macs", ratio), ctx)
+        cost = measure_cost(out, data.input_shape)
+        assert cost.macs <= ratio * dense_cost.macs
+        assert all(isinstance(x, PLAIN) or type(x).__name__ == "MLP" for x in out.modules())
+        assert not any(x._forward_hooks or x._forward_pre_hooks for x in out.modules())
+        accs.append(evaluate(out, data, "val")["top1"])
+        ranks.append({p: (r or ctx.info["kept_ranks"][p]) for p, r in ctx.info["ranks"].items()})
+        json.dumps(ctx.info)  # the record must be serialisable
+    assert accs[0] > 0.9
+    for hi, lo in zip(accs, accs[1:]):
+        assert lo <= hi + 0.02  # non-increasing within noise
+    for big, small in zip(ranks, ranks[1:]):  # one greedy path: each model nests in the last
+        assert all(small[p] <= big[p] for p in big)
+
+
+def test_linear_autoencoder_with_lod_recovers_ordered_principal_subspace():
+    torch.manual_seed(0)
+    d, n = 8, 4096
+    variances = torch.tensor([9.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.12, 0.06])
+    basis, _ = torch.linalg.qr(torch.randn(d, d))
+    x = (torch.randn(n, d) * variances.sqrt()) @ basis.T
+    model = nn.Sequential(nn.Linear(d, d, bias=False))
+    m = Maestro({"skip_classifier": False, "lam": 1e-6})
+    ctx = make_ctx(None, shape=(d,))
+    model = m.prepare(model, ctx)
+    layer = ordered_layers(model)["0"]
+    assert layer.full_rank == d
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ctx.phase = "train"
+    gen = torch.Generator().manual_seed(0)
+    for step in range(1500):
+        if step == 1000:
+            for g in opt.param_groups:
+                g["lr"] = 2e-3
+        batch = x[torch.randint(0, n, (256,), generator=gen)]
+        m.before_step(model, ctx)
+        loss = F.mse_loss(model(batch), batch, reduction="sum") / len(batch)
+        loss = loss + m.regularizer(model, ctx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    u = layer.u.detach()
+    for k in (1, 2, 3):
+        q, _ = torch.linalg.qr(u[:, :k])
+        cosines = torch.linalg.svdvals(q.T @ basis[:, :k])
+        angle = math.degrees(math.acos(float(cosines.min().clamp(max=1.0))))
+        assert angle < 5.0, (k, angle)
+    # ordered by variance: the variance each component carries decreases
+    proj = x @ layer.v.detach().T  # (n, d) codes
+    carried = proj.var(0) * u.pow(2).sum(0)
+    assert bool((carried[:3].diff() < 0).all())
+    assert torch.allclose(carried[:3], variances[:3], rtol=0.15)
+
+
+def test_runner_trains_maestro_once_for_all_targets(tiny_suite, write_suite, tmp_path,
+                                                     monkeypatch, capsys):
+    from bench.cli import main
+
+    calls = {"prepare": 0, "train_epochs": 0}
+    prepare, on_epoch_end = Maestro.prepare, Maestro.on_epoch_end
+
+    def counting_prepare(self, model, ctx):
+        calls["prepare"] += 1
+        return prepare(self, model, ctx)
+
+    def counting_epoch_end(self, model, ctx):
+        calls["train_epochs"] += ctx.phase == "train"
+        return on_epoch_end(self, model, ctx)
+
+    monkeypatch.setattr(Maestro, "prepare", counting_prepare)
+    monkeypatch.setattr(Maestro, "on_epoch_end", counting_epoch_end)
+    tiny_suite["methods"] = [{"name": "maestro"}]
+    tiny_suite["targets"] = [{"macs": 0.5}, {"macs": 0.25}]
+    path, results = write_suite(tiny_suite), tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results)]) == 0
+    assert calls == {"prepare": 1, "train_epochs": tiny_suite["train"]["epochs"]}
+    records = [json.loads(p.read_text()) for p in (results / "cells").glob("*.json")]
+    assert len(records) == 2 and all(r["status"] == "ok" for r in records)
+    for r in records:
+        assert r["metrics"]["budget"]["met"]
+        assert len(r["method_info"]["ranks_per_epoch"]) == tiny_suite["train"]["epochs"]
+
+    tiny_suite["targets"].append({"params": 0.4})  # a new target reuses the checkpoint
+    capsys.readouterr()
+    assert main(["run", str(write_suite(tiny_suite)), "--results", str(results)]) == 0
+    assert "cached trained model" in capsys.readouterr().out
+    assert calls == {"prepare": 2, "train_epochs": tiny_suite["train"]["epochs"]}
