@@ -306,6 +306,15 @@ def test_peak_rss_sees_a_large_allocation():
     assert rss.delta_mb is not None and rss.delta_mb >= 48
 
 
+def test_peak_rss_of_timed_runs_sees_activations():
+    model = nn.Sequential(nn.Linear(64, 4096), nn.ReLU(), nn.Linear(4096, 64))
+    lat = time_model(model, (64,), 256, warmup=2, min_runs=3, min_seconds=0.0).summary()
+    if lat["rss_method"] != "vmhwm-reset":
+        pytest.skip("the peak RSS cannot be reset on this system")
+    activation_mb = 256 * 4096 * 4 / 2**20  # one (256, 4096) float32 hidden layer: 4 MiB
+    assert activation_mb * 0.75 <= lat["cpu_peak_rss_delta_mb_approx"] <= 10 * activation_mb
+
+
 def test_safetensors_size():
     model = nn.Sequential(nn.Linear(100, 50), nn.BatchNorm1d(50))
     raw = (100 * 50 + 50 + 4 * 50) * 4 + 8  # weights, bias, BN affine+stats, int64 counter

@@ -147,13 +147,13 @@ def time_model(model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
                 base = torch.cuda.memory_allocated(device)
-            with PeakRSS() as rss:
-                t0 = time.perf_counter()
-                fn(x)  # first call: includes compilation for torch.compile variants
-                if cuda:
-                    torch.cuda.synchronize(device)
-                if compile:
-                    extra["compile_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            fn(x)  # first call: lazy initialisation, and compilation for torch.compile
+            if cuda:
+                torch.cuda.synchronize(device)
+            if compile:
+                extra["compile_s"] = time.perf_counter() - t0
+            with PeakRSS() as rss:  # the rest of the warm-up and the timed runs
                 for _ in range(max(warmup - 1, 0)):
                     fn(x)
                 samples = _timed_loop(fn, x, cuda, min_runs, min_seconds, max_runs)
