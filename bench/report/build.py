@@ -92,7 +92,8 @@ def _entries(g: pd.DataFrame, cpu_b: list[str], cuda_b: list[str], test_n: int |
             "over_by": e.budget_over_by.max(),
         }
         for b in cpu_b:
-            row[f"cpu_{b}_ms"] = e[f"cpu_{b}_ms"].median()
+            for col in (f"cpu_{b}_ms", f"cpu_{b}_p90_ms", f"cpu_{b}_iqr_ms"):
+                row[col] = e[col].median() if col in e else math.nan
         for b in cuda_b:
             row[f"cuda_{b}_ms"] = e[f"cuda_{b}_ms"].median()
         out.append(row)
@@ -186,6 +187,12 @@ def _acc_cells(est: Estimate) -> tuple[str, str]:
     return main, ci
 
 
+def _ci_tip(est: Estimate) -> str:
+    return {"bootstrap": "percentile bootstrap of the mean over seeds",
+            "wilson": "Wilson interval over the test set (one seed)",
+            "point": "no interval: one seed, test size unknown"}[est.method]
+
+
 def _columns(a: dict) -> list[dict]:
     cols = [
         {"label": "rank", "tip": "rank by mean top-1; '=' marks a tie within noise"},
@@ -215,6 +222,8 @@ def _row(e: dict, a: dict, dense: bool = False) -> dict:
     macs = fmt(e["macs_ratio"], ".3f")
     if e["over_budget"]:
         macs += f" ⚠ +{e['over_by']:.3f}"
+    seeds = ", ".join(str(x) for x in e["seeds"])
+    tips = ["", f"seeds {seeds}", f"{len(e['seeds'])} seed(s)", _ci_tip(e["est"]), "", "", ""]
     cells = ["ref" if dense else ("=" if e["tied"] else "") + str(e["rank"]),
              e["method"], acc, ci, "0.00" if dense else fmt(None if e["delta"] is None
                                                              else 100 * e["delta"], "+.2f"),
@@ -222,10 +231,13 @@ def _row(e: dict, a: dict, dense: bool = False) -> dict:
     for b in batches:
         cells.append(fmt_ms(e.get(f"cpu_{b}_ms")))
         cells.append(fmt(e.get(f"speedup_{b}"), ".2f", "×"))
+        p90, iqr = e.get(f"cpu_{b}_p90_ms"), e.get(f"cpu_{b}_iqr_ms")
+        tips += [f"p90 {fmt_ms(p90)} ms, IQR {fmt_ms(iqr)} ms (median over seeds)", ""]
     gb = a["cuda_b"][0] if a["cuda_b"] else None
     cells.append(fmt_ms(e.get(f"cuda_{gb}_ms")) if gb else NA)
     cells.append(fmt(e["cost_s"], ".1f"))
-    return {"cells": cells, "dense": dense, "tied": bool(e.get("tied")),
+    tips += ["", "mean over seeds"]
+    return {"cells": cells, "tips": tips, "dense": dense, "tied": bool(e.get("tied")),
             "over_budget": e["over_budget"], "seeds": len(e["seeds"])}
 
 
