@@ -24,6 +24,15 @@ def both(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:
     return flop_counter_macs(model, shape)["macs"], fvcore_macs(model, shape)["macs"]
 
 
+def test_cnn_counters_agree_on_matmul_like_ops():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=10)
+    report = mac_report(model, (3, 32, 32))
+    assert report["macs_fvcore_matmul"] == report["macs"]
+    assert report["macs_fvcore_by_op"]["batch_norm"] > 0  # fvcore's extra: norms
+    assert report["macs_fvcore"] > report["macs"]
+
+
 def assert_close(value: float, expected: float, rel: float = 0.01) -> None:
     assert abs(value - expected) <= rel * expected, (value, expected)
 
@@ -164,6 +173,9 @@ def test_vit_macs_include_attention_and_counters_agree(vit):
     expected = patch + depth * (per_block + attention) + dim * classes
     assert_close(report["macs"], expected)
     assert abs(report["macs_fvcore_rel_diff"]) <= 0.02
+    # restricted to the same op kinds, the two independent counters agree exactly
+    assert report["macs_fvcore_matmul"] == report["macs"]
+    assert report["macs_fvcore_by_op"]["scaled_dot_product_attention"] == depth * attention
     assert_close(report["macs_fvcore"], report["macs"], rel=0.02)
     for counter in ("flop_counter", "fvcore"):
         missed = report["uncounted_ops"][counter]

@@ -158,6 +158,12 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], per_module: bool 
 
 # -- fvcore --------------------------------------------------------------------
 
+# fvcore op names whose counts are multiply-accumulates of the kinds flop_counter also
+# counts; the rest of fvcore's defaults (norms, pooling, upsampling) are elementwise.
+MATMUL_LIKE_FVCORE_OPS = {"addmm", "bmm", "conv", "einsum", "linear", "matmul", "mm",
+                          "scaled_dot_product_attention"}
+
+
 def fvcore_sdpa_handle(inputs: list[Any], outputs: list[Any]) -> int:
     """fvcore handle for aten::scaled_dot_product_attention: B*H*Lq*Lk*(D + Dv) MACs."""
     from fvcore.nn.jit_handles import get_shape
@@ -173,7 +179,8 @@ def fvcore_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any
     """fvcore's per-sample count (its "flops" are MACs) with attention registered.
 
     fvcore keeps its own conventions otherwise: its default handles also count
-    normalization layers (about 5 ops per element), which flop_counter does not.
+    normalization layers (about 5 ops per element) and pooling, which
+    flop_counter does not; ``macs_matmul`` leaves those out.
     """
     with _eval(model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript deprecation and tracer chatter
@@ -184,9 +191,12 @@ def fvcore_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         analysis.tracer_warnings("none")
         total = int(analysis.total())
+        by_op = {op: int(v) for op, v in sorted(analysis.by_operator().items())}
         by_module = {n: int(v) for n, v in analysis.by_module().items()}
         uncounted = dict(sorted(analysis.unsupported_ops().items()))
-    return {"macs": total, "by_module": _self_counts(by_module), "uncounted_ops": uncounted}
+    matmul = sum(v for op, v in by_op.items() if op in MATMUL_LIKE_FVCORE_OPS)
+    return {"macs": total, "macs_matmul": matmul, "by_op": by_op,
+            "by_module": _self_counts(by_module), "uncounted_ops": uncounted}
 
 
 # -- the record ----------------------------------------------------------------
@@ -204,6 +214,9 @@ def mac_report(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]
     out["macs_fvcore"] = fv["macs"] if fv else None
     out["macs_fvcore_rel_diff"] = (
         (fv["macs"] - primary["macs"]) / primary["macs"] if fv and primary["macs"] else None)
+    # fvcore restricted to the op kinds flop_counter counts: an independent cross-check
+    out["macs_fvcore_matmul"] = fv["macs_matmul"] if fv else None
+    out["macs_fvcore_by_op"] = fv["by_op"] if fv else None
     out["uncounted_ops"] = {"flop_counter": primary["uncounted_ops"],
                             "fvcore": fv["uncounted_ops"] if fv else None}
     names = sorted(set(primary["by_module"]) | set(fv["by_module"] if fv else ()))

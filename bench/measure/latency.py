@@ -157,6 +157,8 @@ def time_model(model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
                 for _ in range(max(warmup - 1, 0)):
                     fn(x)
                 samples = _timed_loop(fn, x, cuda, min_runs, min_seconds, max_runs)
+            if hasattr(os, "getloadavg"):
+                extra["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
             if cuda:
                 peak = torch.cuda.max_memory_allocated(device)
                 extra.update(cuda_peak_mem_mb=peak / 2**20,
