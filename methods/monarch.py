@@ -7,9 +7,12 @@ layers: the smallest that meets the budget, found from closed-form costs and
 checked with the harness's counter. The harness fine-tunes afterwards.
 
 ``monarch-scratch`` (kind "train"): the selected Linear layers are Monarch from
-initialisation and the model is trained as such, as in the paper. If the
+initialisation and the model is trained as such, as in the paper, with
+``nblocks`` blocks (or, with ``train_ratio``, the smallest nblocks whose model
+meets that fraction of dense). One training serves every target: if the
 trained model misses a budget, its Monarch layers are re-projected (from their
-own dense matrices) onto the smallest larger ``nblocks`` that meets it.
+own dense matrices) onto the smallest larger ``nblocks`` that meets it, which
+is then a projection, not a from-scratch result (``reprojected`` in the record).
 
 Departures from the paper: only Linear layers are replaced (default: every
 Linear but the classifier, i.e. ViT attention qkv/proj and MLP layers, hidden
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,6 +47,10 @@ class MonarchParams(BaseModel):
 
 class MonarchScratchParams(MonarchParams):
     nblocks: int = Field(default=4, ge=2, description="blocks per factor while training")
+    train_ratio: float | None = Field(
+        default=None, gt=0, le=1, description="if set, train with the smallest nblocks whose "
+        "model keeps at most this fraction of dense train_metric (overrides nblocks)")
+    train_metric: Literal["params", "macs"] = "macs"
 
 
 @dataclass
@@ -107,6 +115,22 @@ def apply_nblocks(model: nn.Module, slots: list[Slot], nblocks: int) -> dict[str
     return errors
 
 
+def predicted_costs(slots: list[Slot], candidates: list[int], now: int,
+                    metric: str) -> dict[int, int]:
+    """Closed-form model cost at each nblocks (slots not cheaper at it stay as they are)."""
+    return {b: now - sum(sl.saving(b, metric) for sl in slots) for b in candidates}
+
+
+def smallest_meeting(slots: list[Slot], candidates: list[int], now: int, metric: str,
+                     budget: float) -> int | None:
+    """Smallest nblocks whose predicted cost meets ``budget``, else the cheapest one."""
+    if not candidates:
+        return None
+    predicted = predicted_costs(slots, candidates, now, metric)
+    meeting = [b for b in candidates if predicted[b] <= budget]
+    return meeting[0] if meeting else min(candidates, key=lambda b: (predicted[b], b))
+
+
 def monarch_to_budget(model: nn.Module, target: Target, ctx: MethodContext, slots: list[Slot],
                       candidates: list[int]) -> nn.Module:
     """Smallest nblocks in ``candidates`` whose model meets ``target`` (else the cheapest).
@@ -117,7 +141,7 @@ def monarch_to_budget(model: nn.Module, target: Target, ctx: MethodContext, slot
     now = ctx.measure(model).get(target.metric)
     reference = ctx.dense_cost.get(target.metric) if ctx.dense_cost else now
     budget = target.ratio * reference
-    predicted = {b: now - sum(sl.saving(b, target.metric) for sl in slots) for b in candidates}
+    predicted = predicted_costs(slots, candidates, now, target.metric)
     meeting = [b for b in candidates if predicted[b] <= budget]
     chosen, errors = None, {}
     for b in meeting:
@@ -127,7 +151,7 @@ def monarch_to_budget(model: nn.Module, target: Target, ctx: MethodContext, slot
             chosen, model = b, trial
             break
     if chosen is None and candidates:
-        chosen = min(candidates, key=lambda b: (predicted[b], b))
+        chosen, errors = min(candidates, key=lambda b: (predicted[b], b)), {}
         if predicted[chosen] < now:
             errors = apply_nblocks(model, slots, chosen)
         else:
@@ -184,19 +208,26 @@ class MonarchScratch(Method):
 
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         p: MonarchScratchParams = self.params
+        nblocks = p.nblocks
+        if p.train_ratio is not None:
+            slots = linear_slots(model, p, ctx.input_shape)
+            now = ctx.measure(model).get(p.train_metric)
+            reference = ctx.dense_cost.get(p.train_metric) if ctx.dense_cost else now
+            nblocks = smallest_meeting(slots, nblocks_candidates(slots, 2, p.max_nblocks), now,
+                                       p.train_metric, p.train_ratio * reference) or nblocks
         layers = select_layers(model, p.include or None, p.exclude or None,
                                skip_first_conv=False, skip_classifier=p.skip_classifier,
                                types=(nn.Linear,))
         replaced = []
         for path, layer in layers.items():
             if monarch_weights(layer.in_features, layer.out_features,
-                               p.nblocks) >= layer.weight.numel():
+                               nblocks) >= layer.weight.numel():
                 continue
-            new = MonarchLinear(layer.in_features, layer.out_features, p.nblocks,
+            new = MonarchLinear(layer.in_features, layer.out_features, nblocks,
                                 bias=layer.bias is not None)
             set_module(model, path, new.to(layer.weight.device))
             replaced.append(path)
-        ctx.record("trained_nblocks", p.nblocks)
+        ctx.record("trained_nblocks", nblocks)
         ctx.record("trained_monarch_layers", replaced)
         return model
 
@@ -204,9 +235,10 @@ class MonarchScratch(Method):
         if target is None:
             return model
         p: MonarchScratchParams = self.params
+        trained = trained_nblocks(model)
         if ctx.budget_met(model, target):
             reference = ctx.dense_cost.get(target.metric) if ctx.dense_cost else 1
-            ctx.record("nblocks", p.nblocks)
+            ctx.record("nblocks", trained)
             ctx.record("achieved_ratio", ctx.measure(model).get(target.metric) / reference)
             ctx.record("budget_met", True)
             ctx.record("reprojected", False)
@@ -214,4 +246,10 @@ class MonarchScratch(Method):
         slots = linear_slots(model, p, ctx.input_shape)
         ctx.record("reprojected", True)
         return monarch_to_budget(model, target, ctx, slots,
-                                 nblocks_candidates(slots, p.nblocks + 1, p.max_nblocks))
+                                 nblocks_candidates(slots, (trained or 1) + 1, p.max_nblocks))
+
+
+def trained_nblocks(model: nn.Module) -> int | None:
+    """The nblocks of a model's Monarch layers (the largest, if they differ)."""
+    found = [m.nblocks for m in model.modules() if isinstance(m, MonarchLinear)]
+    return max(found) if found else None

@@ -149,3 +149,17 @@ def test_monarch_scratch_trains_monarch_and_reprojects_for_tighter_budgets():
     tight = method.compress(copy.deepcopy(prepared), Target("macs", 0.1), tight_ctx)
     assert tight_ctx.info["reprojected"] and tight_ctx.info["budget_met"]
     assert tight[3].nblocks > 4
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.25, 0.125])
+def test_monarch_scratch_can_train_at_the_nblocks_a_budget_needs(ratio):
+    model = mlp()
+    ctx = make_ctx(model, (1, 8, 8))
+    method = MonarchScratch({"train_ratio": ratio})
+    prepared = method.prepare(copy.deepcopy(model), ctx)
+    nb = ctx.info["trained_nblocks"]
+    assert measure_cost(prepared, (1, 8, 8)).macs <= ratio * ctx.dense_cost.macs
+    out = method.compress(prepared, Target("macs", ratio), ctx)
+    assert not ctx.info["reprojected"] and out[3].nblocks == nb
+    smaller = MonarchScratch({"nblocks": nb - 1}).prepare(copy.deepcopy(model), ctx)
+    assert measure_cost(smaller, (1, 8, 8)).macs > ratio * ctx.dense_cost.macs
