@@ -61,8 +61,14 @@ def model_names_message(name: str) -> str:
 def adapt_stem_for_small_images(model: nn.Module) -> nn.Module:
     """The usual CIFAR stem: first conv 3x3 stride 1, and no max-pool after it.
 
-    Works for timm ResNet-style models (``conv1``/``stem`` + ``maxpool``); a model
-    without a first Conv2d is returned unchanged.
+    An ImageNet stem (7x7 stride-2 conv + stride-2 max-pool) shrinks a 32x32 input
+    to 8x8 before the first block; the CIFAR ResNets of the literature keep the
+    full 32x32 (28x28) there. For timm ResNets (``resnet18``, ``resnet10t`` with
+    its deep stem, ``resnet*d``, SE/ResNeXt variants) the first Conv2d (``conv1``
+    or ``conv1.0``) becomes 3x3 stride 1 with the same channels, and the stem's
+    ``maxpool`` becomes an Identity. Other CNNs get the same first-conv change;
+    only a max-pool registered as ``maxpool`` / ``stem.pool`` is dropped. ViTs
+    are refused: give them ``img_size``/``patch_size`` kwargs instead.
     """
     first_conv_path = None
     for path, module in model.named_modules():
@@ -72,13 +78,22 @@ def adapt_stem_for_small_images(model: nn.Module) -> nn.Module:
     if first_conv_path is None:
         return model
     conv: nn.Conv2d = model.get_submodule(first_conv_path)
+    if "patch_embed" in first_conv_path or (
+            conv.kernel_size == conv.stride and conv.kernel_size[0] > 2):
+        raise ValueError(
+            f"stem: cifar is for CNN stems; {type(model).__name__}'s first conv "
+            f"'{first_conv_path}' is a patch embedding. For a ViT on small images set "
+            "kwargs img_size/patch_size instead (e.g. patch_size: 4 for 32x32).")
     new = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=3, stride=1, padding=1,
                     bias=conv.bias is not None)
     _set_submodule(model, first_conv_path, new)
-    for path, module in list(model.named_modules()):
+    for path in ("maxpool", "stem.pool"):
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            continue
         if isinstance(module, nn.MaxPool2d):
             _set_submodule(model, path, nn.Identity())
-            break
     return model
 
 
