@@ -84,8 +84,10 @@ def quantize_rank(rank: int, multiple: int | None, full_rank: int) -> int:
     """``rank`` rounded to the nearest multiple (at least one multiple), capped at full rank."""
     if not multiple or multiple <= 1:
         return max(1, min(rank, full_rank))
+    if full_rank < multiple:  # a layer narrower than the multiple: nothing to round to
+        return max(1, min(rank, full_rank))
     q = max(multiple, multiple * round(rank / multiple))
-    return q if q <= full_rank else max(1, min(full_rank, multiple * (full_rank // multiple)))
+    return min(q, multiple * (full_rank // multiple))
 
 
 def rank_table(sp: LayerSpectrum, multiple: int, max_entries: int = 8) -> list[int]:
