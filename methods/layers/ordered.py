@@ -15,10 +15,11 @@ Three ranks, from most to least permanent:
 - ``od_rank`` (attribute): the ordered-dropout sample of this forward; applies
   only in training mode, so evaluation never sees a sampled sub-network.
 
-The forward runs the cheaper of the two exact forms of the same function: the
-two thin layers when ``r (in + out) < in * out``, otherwise the dense weight
-``U V^T`` rebuilt from the factors (a trainable-only convenience; deployed
-models are plain layers built with :meth:`OrderedFactorized.deploy`).
+The forward runs the cheaper of two exact forms of the same function for the
+batch at hand: the two thin layers, or the dense weight ``U V^T`` rebuilt from
+the factors then one dense layer (a training-time convenience; deployed models
+are plain layers built with :meth:`OrderedFactorized.deploy`, factorized only
+where ``r (in + out) < in * out``).
 """
 
 from __future__ import annotations
@@ -102,10 +103,19 @@ class OrderedFactorized(nn.Module):
         return tail_v.clamp_min(1e-24).sqrt().sum() + tail_u.clamp_min(1e-24).sqrt().sum()
 
     # -- forward -----------------------------------------------------------
+    def _thin_is_faster(self, x: Tensor, r: int) -> bool:
+        """Two thin layers vs rebuilding U_r V_r^T (out*r*in MACs) then one dense layer."""
+        if self.is_conv:
+            n = x.shape[0] * x.shape[-2] * x.shape[-1] // (self.stride[0] * self.stride[1])
+        else:
+            n = x.numel() // self.fan_in
+        thin = n * r * (self.fan_in + self.fan_out)
+        return thin <= n * self.fan_in * self.fan_out + self.fan_out * r * self.fan_in
+
     def forward(self, x: Tensor) -> Tensor:
         r = self.effective_rank()
         v, u = self.v[:r], self.u[:, :r]
-        if self.factorized_is_cheaper(r):
+        if self._thin_is_faster(x, r):
             if not self.is_conv:
                 return F.linear(F.linear(x, v), u, self.bias)
             h = F.conv2d(x, v.reshape(r, self.in_channels, *self.kernel_size),
