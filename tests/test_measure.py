@@ -345,3 +345,12 @@ def test_environment_provenance():
                 "git_commit", "gpu"):
         assert key in env, key
     assert env["suite_hash"] == "abc123" and env["torch"] == torch.__version__
+
+
+def test_selfcheck_runs_and_reports(capsys):
+    from bench.measure import selfcheck
+
+    assert selfcheck.main(["--model", "mlp", "--repeats", "2", "--batches", "4",
+                           "--min-runs", "3", "--min-seconds", "0.01", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "CV of median" in out and "ours / autorange" in out
