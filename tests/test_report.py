@@ -208,6 +208,7 @@ def test_report_end_to_end(tmp_path):
     md = (out / "README.md").read_text()
     # tiers are readable (no '&lt;=' in labels), methods escaped, failure listed
     assert "### MACs ≤ 0.5× dense" in md and "&lt;=" not in md
+    assert "{{" not in md and "{%" not in md and "n/a" in md
     assert XSS_METHOD not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
     assert "**RuntimeError**" in md and "<img" not in md and "\\|" in md
     assert "| svd |" in md and "| ref | dense |" in md

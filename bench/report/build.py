@@ -355,7 +355,9 @@ def analyse(suite: Suite, records: list[dict], expected: int, out_dir: Path) -> 
     failures = [{"model": r.model, "dataset": r.dataset, "seed": str(r.seed),
                  "method": r.method, "target": _pretty_target(r.target_metric, r.target_ratio),
                  "error_type": r.error_type or "error", "error": _one_line(r.error)}
-                for r in df[df.status != "ok"].itertuples()]
+                for r in df[df.status != "ok"].sort_values(
+                    ["model", "dataset", "method", "target_ratio", "seed"],
+                    ascending=[True, True, True, False, True], na_position="first").itertuples()]
     counts = {"ok": int((df.status == "ok").sum()), "failed": int((df.status != "ok").sum()),
               "expected": expected}
     counts["missing"] = max(0, expected - counts["ok"] - counts["failed"])
