@@ -80,7 +80,11 @@ def cmd_report(args) -> int:
     if args.readme:
         from bench.report import update_readme
 
-        changed = update_readme(Path(args.readme), suite.name, out)
+        try:
+            changed = update_readme(Path(args.readme), suite.name, out)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"{args.readme}: leaderboard block {'updated' if changed else 'unchanged'}")
     return 0
 
@@ -91,7 +95,11 @@ def cmd_publish(args) -> int:
     from bench.report.readme import markers
 
     root = Path(args.reports or REPORTS_ROOT)
-    index = publish_site(root, Path(args.out) if args.out else None)
+    try:
+        index = publish_site(root, Path(args.out) if args.out else None)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"site written to {index.parent} (open {index})")
     if args.readme:
         text = Path(args.readme).read_text()

@@ -321,6 +321,8 @@ def test_cli_report_readme_and_publish(tmp_path, monkeypatch):
     assert XSS_METHOD not in index and "&lt;script&gt;" in index
 
 
-def test_publish_needs_reports(tmp_path):
+def test_publish_needs_reports(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="no suite reports"):
         publish_site(tmp_path)
+    assert main(["publish", "--reports", str(tmp_path)]) == 2
+    assert "no suite reports" in capsys.readouterr().err
