@@ -1,0 +1,58 @@
+"""dense-small: narrower models of the same family, sized to the budget, trained from scratch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.measure import measure_cost
+from bench.models import build_model
+from methods.dense_small import width_overrides
+
+FAMILIES = [
+    ("mlp", {"hidden": [64, 32]}, (1, 8, 8)),
+    ("vit_tiny_patch16_224", {"patch_size": 2, "embed_dim": 32, "depth": 1, "num_heads": 2},
+     (1, 8, 8)),
+    ("resnet10t", {"channels": (16, 32, 64, 128), "stem_width": 8}, (3, 16, 16)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,shape", FAMILIES)
+def test_width_multiplier_narrows_the_family(name, kwargs, shape):
+    def build(**over):
+        return build_model(name, 5, shape[0], shape[1], kwargs={**kwargs, **over})
+
+    model = build()
+    full = measure_cost(model, shape)
+    same = build(**width_overrides(model, 1.0))
+    assert measure_cost(same, shape) == full  # w = 1 is the original model
+    half = build(**width_overrides(model, 0.5))
+    cost = measure_cost(half, shape)
+    assert cost.params < 0.6 * full.params and cost.macs < 0.6 * full.macs
+    assert type(half) is type(model)
+    assert half(torch.zeros(2, *shape)).shape == (2, 5)
+
+
+def test_dense_small_in_a_suite_meets_budget_and_trains_all_epochs(tiny_suite, write_suite,
+                                                                   tmp_path):
+    tiny_suite["models"] = [{"name": "mlp", "kwargs": {"hidden": [48, 48]}}]
+    tiny_suite["methods"] = [{"name": "dense-small"}]
+    tiny_suite["targets"] = [{"macs": 0.3}]
+    tiny_suite["train"].update(epochs=3, lr=1e-2)
+    path = write_suite(tiny_suite)
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results)]) == 0
+    records = [json.loads(p.read_text()) for p in (results / "cells").glob("*.json")]
+    assert len(records) == 1
+    for r in records:
+        assert r["status"] == "ok", r.get("error")
+        m, info = r["metrics"], r["method_info"]
+        assert m["budget"]["met"] and m["budget"]["achieved"] > 0.5 * m["budget"]["ratio"]
+        assert 0 < info["width_multiplier"] < 1
+        hidden = info["width_overrides"]["hidden"]
+        assert all(h < 48 for h in hidden)
+        assert info["from_scratch_epochs"] == 3  # plus the suite's fine-tuning epochs
+        assert m["top1"] > 0.3  # trained, not a random init (10 classes)
