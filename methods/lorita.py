@@ -24,12 +24,12 @@ Our choices, where the paper or its code differs:
   Under AdamW that decay is decoupled, not the L2 penalty of the paper's SGD.
 - Initialisation: the last Linear factor (or the first, k x k conv factor)
   inherits the model's own initial weight of that layer and bias; the added
-  in->in / 1x1 factors are random orthogonal by default, so the merged weight
-  at init has exactly the singular values of the plain model's init (N = 1 and
-  N > 1 start from the same spectrum, and the signal scale does not shrink
-  with N in networks without normalisation). ``init="default"`` gives
-  PyTorch's default init for them, as in the authors' code, whose networks
-  have BatchNorm after every factorized layer.
+  in->in / 1x1 factors get PyTorch's default init, as in the authors' code.
+  That makes the merged product small at init, and this small init is part of
+  the low-rank bias: with ``init="orthogonal"`` (our option) the merged weight
+  starts with exactly the plain init's singular values, trains faster under
+  plain SGD in networks without normalisation, but its spectrum stays close to
+  the full-rank init in short trainings (see bench/experiments/lorita_rank.py).
 - Every Linear/Conv2d is over-parameterized during training (also the first
   conv and classifier, as in the paper), grouped/depthwise convs excepted;
   which layers are then truncated follows the ``svd`` selection (first conv and
@@ -65,7 +65,7 @@ def init_factor(weight: Tensor, init: FactorInit) -> None:
 class LoRITaLinear(nn.Module):
     """y = W_N ... W_2 W_1 x + b: (N-1) in->in maps, then in->out with the bias."""
 
-    def __init__(self, layer: nn.Linear, n: int, init: FactorInit = "orthogonal"):
+    def __init__(self, layer: nn.Linear, n: int, init: FactorInit = "default"):
         super().__init__()
         if n < 2:
             raise ValueError("LoRITaLinear needs N >= 2 factors")
@@ -104,7 +104,7 @@ class LoRITaLinear(nn.Module):
 class LoRITaConv2d(nn.Module):
     """k x k Conv (in->out, no bias) then (N-1) Conv 1x1 (out->out), bias on the last."""
 
-    def __init__(self, conv: nn.Conv2d, n: int, init: FactorInit = "orthogonal"):
+    def __init__(self, conv: nn.Conv2d, n: int, init: FactorInit = "default"):
         super().__init__()
         if n < 2:
             raise ValueError("LoRITaConv2d needs N >= 2 factors")
@@ -154,7 +154,7 @@ OVERPARAMETERIZED = (LoRITaLinear, LoRITaConv2d)
 
 def overparameterize(model: nn.Module, n: int, include: list[str] | None = None,
                      exclude: list[str] | None = None,
-                     init: FactorInit = "orthogonal") -> nn.Module:
+                     init: FactorInit = "default") -> nn.Module:
     """Replace every Linear/Conv2d (groups 1) by its N-factor form, in place.
 
     Structure depends only on the model's architecture and ``n``, so a state_dict
@@ -201,8 +201,8 @@ class LoRITaParams(BaseModel):
     weight_decay: float = Field(default=1e-3, ge=0.0,
                                 description="weight decay of LoRITa's own training")
     init: FactorInit = Field(
-        default="orthogonal", description="init of the added square factors: orthogonal "
-        "(merged weight starts as the plain init) or default (PyTorch's, as the authors)")
+        default="default", description="init of the added square factors: default "
+        "(PyTorch's, as the authors) or orthogonal (merged weight starts as the plain init)")
     rank_selection: RankSelection = Field(
         default="local", description="local, global or energy (as in svd)")
     include: list[str] = Field(default_factory=list,

@@ -185,7 +185,8 @@ def test_effective_rank_of_a_known_low_rank_product():
 def test_orthogonal_init_keeps_the_plain_init_spectrum(n):
     torch.manual_seed(0)
     layer, conv = nn.Linear(24, 16), nn.Conv2d(4, 8, 3)
-    for plain, fact in ((layer, LoRITaLinear(layer, n)), (conv, LoRITaConv2d(conv, n))):
+    for plain, fact in ((layer, LoRITaLinear(layer, n, init="orthogonal")),
+                        (conv, LoRITaConv2d(conv, n, init="orthogonal"))):
         s_plain = torch.linalg.svdvals(plain.weight.detach().reshape(plain.weight.shape[0], -1))
         merged = fact.merged().weight.detach()
         s_merged = torch.linalg.svdvals(merged.reshape(merged.shape[0], -1))

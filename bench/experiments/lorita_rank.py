@@ -10,8 +10,8 @@ epochs and data order, merges the factors and reports per run:
   spectrum, averaged over the truncatable layers (the ``svd`` default
   selection) and over all Linear/Conv layers;
 - test accuracy of the trained (merged) model;
-- test accuracy after truncated SVD to each MAC target with no fine-tuning
-  (the direct effect of a faster-decaying spectrum).
+- test accuracy after truncated SVD to each MAC target (local and global rank
+  choice) with no fine-tuning: the direct effect of a faster-decaying spectrum.
 
 Usage: ``python -m bench.experiments.lorita_rank [--models mlp vit] [--seeds 0 1]
 [--optimizers sgd adamw] [--epochs 30] [--out lorita_rank.json]``.
@@ -57,8 +57,8 @@ def context(model: torch.nn.Module, shape: tuple[int, ...]) -> MethodContext:
 
 
 def run_one(model_key: str, n: int, opt_key: str, seed: int, epochs: int, weight_decay: float,
-            targets: list[float], device: torch.device, data,
-            init: str = "orthogonal") -> dict[str, Any]:
+            targets: list[float], device: torch.device, data, init: str = "default",
+            selections: tuple[str, ...] = ("local",)) -> dict[str, Any]:
     name, kwargs = MODELS[model_key]
     torch.manual_seed(seed)
     fresh = build_model(name, data.num_classes, data.in_chans, data.img_size, kwargs)
@@ -79,11 +79,13 @@ def run_one(model_key: str, n: int, opt_key: str, seed: int, epochs: int, weight
         "erank_per_layer": eranks,
         "top1": evaluate(merged, data, "test")["top1"],
     }
-    for ratio in targets:
-        ctx = context(fresh, data.input_shape)
-        ctx.dense_cost = dense_cost
-        out = method.compress(copy.deepcopy(model).cpu(), Target("macs", ratio), ctx)
-        row[f"top1_macs{ratio:g}_noft"] = evaluate(out, data, "test")["top1"]
+    for selection in selections:
+        truncate = LoRITa({"N": n, "rank_selection": selection})
+        for ratio in targets:
+            ctx = context(fresh, data.input_shape)
+            ctx.dense_cost = dense_cost
+            out = truncate.compress(copy.deepcopy(model).cpu(), Target("macs", ratio), ctx)
+            row[f"top1_{selection}{ratio:g}"] = evaluate(out, data, "test")["top1"]
     return row
 
 
@@ -111,10 +113,12 @@ def main(argv: list[str] | None = None) -> None:
                     choices=sorted(OPTIMIZERS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--inits", nargs="+", default=["orthogonal"],
+    ap.add_argument("--inits", nargs="+", default=["default"],
                     choices=["orthogonal", "default"], help="init of the added factors (N > 1)")
     ap.add_argument("--weight-decay", type=float, default=1e-3)
     ap.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.25, 0.125])
+    ap.add_argument("--selections", nargs="+", default=["local", "global"],
+                    choices=["local", "global", "energy"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=None, help="write all rows as JSON here")
     args = ap.parse_args(argv)
@@ -125,17 +129,19 @@ def main(argv: list[str] | None = None) -> None:
     for model_key in args.models:
         for opt_key in args.optimizers:
             for n in args.n:
-                for init in (args.inits if n > 1 else ["orthogonal"]):
+                for init in (args.inits if n > 1 else ["default"]):
                     for seed in args.seeds:
                         row = run_one(model_key, n, opt_key, seed, args.epochs,
-                                      args.weight_decay, args.targets, device, data, init)
+                                      args.weight_decay, args.targets, device, data, init,
+                                      tuple(args.selections))
                         rows.append(row)
                         print(f"{model_key} {opt_key} N={n} {row['init']} seed={seed}: erank "
                               f"{row['erank_truncatable']:.1f} top1 {row['top1']:.4f} "
                               f"({row['train_s']}s)", flush=True)
     print(f"\n{args.dataset}, {args.epochs} epochs, weight decay {args.weight_decay}, "
           f"seeds {args.seeds} (means); erank = singular values holding 99% energy; "
-          f"noft = truncated SVD at that MAC ratio, no fine-tuning")
+          f"top1_<rule><ratio> = truncated SVD (that rank rule) at that MAC ratio, "
+          f"no fine-tuning")
     print("\n".join(summarize(rows)))
     print(f"total {time.perf_counter() - started:.0f}s")
     if args.out:
