@@ -91,13 +91,18 @@ def _process_start(pid: int) -> str | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie, exited but not reaped, is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def lock_owner_alive(owner: dict) -> bool:
