@@ -321,7 +321,10 @@ def test_peak_rss_sees_a_large_allocation():
 
 def test_peak_rss_of_timed_runs_sees_activations():
     model = nn.Sequential(nn.Linear(64, 4096), nn.ReLU(), nn.Linear(4096, 64))
-    lat = time_model(model, (64,), 256, warmup=2, min_runs=3, min_seconds=0.0).summary()
+    lat = time_model(model, (64,), 256, warmup=2, min_runs=3, min_seconds=0.0,
+                     track_memory=True).summary()
+    quick = time_model(model, (64,), 2, warmup=1, min_runs=2, min_seconds=0.0).summary()
+    assert "cpu_peak_rss_delta_mb_approx" not in quick  # only when asked for
     if lat["rss_method"] != "vmhwm-reset":
         pytest.skip("the peak RSS cannot be reset on this system")
     activation_mb = 256 * 4096 * 4 / 2**20  # one (256, 4096) float32 hidden layer: 4 MiB

@@ -62,7 +62,7 @@ def time_all(model: nn.Module, input_shape: tuple[int, ...], spec: LatencySettin
         for bs in spec.batch_sizes:
             try:
                 lat = time_model(model, input_shape, bs, device, threads=threads,
-                                 **_timing_kwargs(spec), **kw)
+                                 track_memory=True, **_timing_kwargs(spec), **kw)
                 by_batch[f"b{bs}"] = lat.summary()
             except Exception as exc:
                 if not suffix:

@@ -22,6 +22,7 @@ import math
 import os
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,11 +124,14 @@ def time_model(model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
                min_runs: int = 30, min_seconds: float = 1.0, max_runs: int = 10_000,
                channels_last: bool = False, compile: bool = False,
                compile_backend: str = "inductor", compile_mode: str | None = None,
-               seed: int = 0) -> Latency:
+               seed: int = 0, track_memory: bool = False) -> Latency:
     """Time ``model`` on a fixed random batch until ``min_runs`` and ``min_seconds`` are met.
 
     The model is put in eval mode on ``device``. On CPU the thread count is set
-    to ``threads`` for the measurement and restored afterwards.
+    to ``threads`` for the measurement and restored afterwards. ``track_memory``
+    adds the approximate CPU peak RSS (a full garbage collection first: costly
+    in a large process, so off for quick timings such as a method's search);
+    CUDA peak memory is always recorded.
     """
     old_threads = torch.get_num_threads()
     if threads is not None and device == "cpu":
@@ -153,7 +157,8 @@ def time_model(model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
                 torch.cuda.synchronize(device)
             if compile:
                 extra["compile_s"] = time.perf_counter() - t0
-            with PeakRSS() as rss:  # the rest of the warm-up and the timed runs
+            rss = PeakRSS() if track_memory and not cuda else nullcontext()
+            with rss:  # the rest of the warm-up and the timed runs
                 for _ in range(max(warmup - 1, 0)):
                     fn(x)
                 samples = _timed_loop(fn, x, cuda, min_runs, min_seconds, max_runs)
@@ -163,7 +168,7 @@ def time_model(model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
                 peak = torch.cuda.max_memory_allocated(device)
                 extra.update(cuda_peak_mem_mb=peak / 2**20,
                              cuda_peak_mem_delta_mb=(peak - base) / 2**20)
-            else:
+            elif isinstance(rss, PeakRSS):
                 extra.update(rss.as_dict())
         return Latency(device=device, batch_size=batch_size, threads=torch.get_num_threads(),
                        samples_ms=samples, variant=variant,
@@ -176,7 +181,6 @@ def time_model(model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
 def _timed_loop(fn: Any, x: torch.Tensor, cuda: bool, min_runs: int, min_seconds: float,
                 max_runs: int) -> list[float]:
     samples: list[float] = []
-    gc.collect()
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
