@@ -262,7 +262,9 @@ def _score_rows(a: dict) -> list[dict]:
 
 
 def _range(r: tuple[float, float] | None) -> str:
-    return NA if r is None else f"{r[0]:.3f}× – {r[1]:.3f}× dense"
+    if r is None:
+        return "none shared by all curves with two or more points (scores n/a)"
+    return f"{r[0]:.3f}× – {r[1]:.3f}× dense"
 
 
 def _provenance(records: list[dict], suite: Suite, counts: dict) -> list[tuple[str, str]]:

@@ -31,6 +31,13 @@ def method_colors(methods: list[str]) -> dict[str, tuple]:
     return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(dict.fromkeys(methods))}
 
 
+def _ordered(methods: pd.Series, colors: dict) -> list[str]:
+    """Methods present, in colour (suite) order, unknown ones last."""
+    present = list(dict.fromkeys(methods))
+    return sorted(present, key=lambda m: (m not in colors, list(colors).index(m)
+                                          if m in colors else 0))
+
+
 def _text(label: str) -> str:
     """Matplotlib treats $...$ as math; show user labels literally."""
     return str(label).replace("$", r"\$")
@@ -58,10 +65,14 @@ class Plot:
 
 
 def _log_axis(ax, which: str, base: float) -> None:
-    """Log scale with plain-number labels on major ticks only (cheap to draw, easy to read)."""
+    """Log scale with plain-number labels on major ticks only (cheap to draw, easy to read).
+
+    Base 2 suits ratios (1/2, 1/4, ...); base 10 (ticks at 1, 2, 5 x 10^k) suits times.
+    """
     getattr(ax, f"set_{which}scale")("log", base=base)
     axis = getattr(ax, f"{which}axis")
-    axis.set_major_locator(LogLocator(base=base, numticks=8))
+    subs = (1.0, 2.0, 5.0) if base == 10 else (1.0,)
+    axis.set_major_locator(LogLocator(base=base, subs=subs, numticks=12))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 
@@ -84,8 +95,9 @@ def accuracy_vs(points: pd.DataFrame, x: str, xlabel: str, title: str, colors: d
     """
     sub = points[points[x].notna() & points.top1.notna() & (points[x] > 0)]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for method, g in sub.groupby("method", sort=False):
-        g = g.sort_values(x)
+    for method in _ordered(sub.method, colors):
+        # join a method's points in budget order: its trajectory as the budget shrinks
+        g = sub[sub.method == method].sort_values("macs_ratio")
         color = colors.get(method, "grey")
         if bool(g.dense.all()):
             ax.scatter(g[x], 100 * g.top1, marker="*", s=220, color="black", zorder=6,
@@ -104,7 +116,7 @@ def accuracy_vs(points: pd.DataFrame, x: str, xlabel: str, title: str, colors: d
     ax.set_title(_text(title), fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     if len(sub):
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     return _save(fig, out_dir, stem)
 
 
@@ -124,13 +136,18 @@ def speedup_vs_theoretical(points: pd.DataFrame, batches: list[str], title: str,
         col = f"speedup_{b}"
         if col not in sub:
             continue
-        for method, g in sub[sub[col].notna()].groupby("method", sort=False):
+        have = sub[sub[col].notna()]
+        for method in _ordered(have.method, colors):
+            g = have[have.method == method]
             theo = 1.0 / g.macs_ratio
             ax.scatter(theo, g[col], marker=markers[bi % len(markers)], s=36,
                        color=colors.get(method, "grey"), zorder=4,
-                       label=f"{_text(method)}, batch {b[1:]}")
+                       label=_text(method) if bi == 0 else None)
             lo = min(lo, float(theo.min()), float(g[col].min()))
             hi = max(hi, float(theo.max()), float(g[col].max()))
+    for bi, b in enumerate(batches):  # shape key: one grey marker per batch size
+        ax.scatter([], [], marker=markers[bi % len(markers)], s=36, color="0.45",
+                   label=f"batch {b[1:]}")
     span = np.array([lo / 1.3, hi * 1.3])
     ax.plot(span, span, ls="--", color="0.35", lw=1.2, label="y = x (ideal)", zorder=3)
     _log_axis(ax, "x", 2)
@@ -160,7 +177,7 @@ def group_plots(points: pd.DataFrame, batches: list[str], title: str, colors: di
         png, svg = accuracy_vs(points, f"cpu_{b}_ms",
                                f"measured CPU latency, batch {b[1:]}, p50 (ms, log) ↓",
                                f"accuracy vs CPU latency: {title}", colors, out_dir,
-                               f"acc-vs-latency-{stem}")
+                               f"acc-vs-latency-{stem}", log_base=10)
         plots.append(Plot("latency", f"accuracy vs measured CPU latency (batch {b[1:]})",
                           png, svg))
         png, svg = speedup_vs_theoretical(points, batches, f"speedup: {title}", colors,
@@ -171,7 +188,7 @@ def group_plots(points: pd.DataFrame, batches: list[str], title: str, colors: di
         png, svg = accuracy_vs(points, f"cuda_{b}_ms",
                                f"measured GPU latency, batch {b[1:]}, p50 (ms, log) ↓",
                                f"accuracy vs GPU latency: {title}", colors, out_dir,
-                               f"acc-vs-gpu-latency-{stem}")
+                               f"acc-vs-gpu-latency-{stem}", log_base=10)
         plots.append(Plot("gpu-latency", f"accuracy vs measured GPU latency (batch {b[1:]})",
                           png, svg))
     return plots
