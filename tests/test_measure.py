@@ -287,6 +287,7 @@ def test_measure_deployable_record(vit):
     assert b8["threads"] == 1 and b8["batch_size"] == 8 and b8["n"] >= 3
     assert b8["p25_ms"] <= b8["median_ms"] <= b8["p90_ms"] <= b8["max_ms"]
     assert out["size_bytes"] > 4 * out["params"]
+    assert out["cpu_peak_rss_mb_approx"] is not None and "rss_method" in b8
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
