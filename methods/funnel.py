@@ -293,7 +293,7 @@ def smallest_drop(gated: dict[str, nn.Module], order: list[Component], metric: s
 class FunnelParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reg_epochs: int = Field(default=3, ge=0, description="epochs of the gate regularization")
-    lam: float = Field(default=1e-3, ge=0, description="weight of sum f(gate) in the loss")
+    lam: float = Field(default=1e-2, ge=0, description="weight of sum f(gate) in the loss")
     eps: float = Field(default=0.05, gt=0, description="funnel width: f(g)=g^2/(g^2+eps)")
     score: Literal["gate", "gate_sv"] = Field(
         default="gate", description="drop order: |gate|, or |gate| x normalised singular value")
