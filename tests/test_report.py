@@ -128,8 +128,10 @@ def test_wilson_interval_matches_known_value():
 
 def test_infer_test_size_recovers_denominator():
     assert infer_test_size([277 / 359, 356 / 359, 300 / 359]) == 359
-    assert infer_test_size([0.5]) == 2
-    assert infer_test_size([1.0, 0.0]) is None
+    assert infer_test_size([1 / 4, 2 / 4, 3 / 4]) == 4
+    assert infer_test_size([0.75, 0.75, 0.5]) is None  # too few distinct values to tell
+    assert infer_test_size([1.0, 0.0, 0.5]) is None
+    assert infer_test_size([0.1234567, 0.2, 0.3]) is None  # not counts over any n <= max
 
 
 def test_ties_within_noise_share_rank():

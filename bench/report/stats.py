@@ -66,23 +66,25 @@ def wilson_interval(p: float, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def infer_test_size(accuracies: Sequence[float], max_n: int = 200_000,
-                    tol: float = 1e-7) -> int | None:
+                    tol: float = 1e-6, min_distinct: int = 3) -> int | None:
     """Smallest n for which every accuracy is an integer count over n, or None.
 
     All cells of one model x dataset are scored on the same test split, so
-    their accuracies share a denominator; with several distinct values it is
-    pinned down uniquely in practice. Values that are 0 or 1 say nothing.
+    their accuracies share a denominator. The smallest common denominator is
+    n / gcd(n, counts), which is n itself unless every count shares a factor
+    with n; hence at least `min_distinct` distinct values are required (one
+    value such as 0.75 would give n = 4). Values that are 0 or 1 say nothing.
     """
     vals = np.array([a for a in accuracies if a is not None and not math.isnan(a)
                      and 0 < a < 1], dtype=float)
-    if len(vals) == 0:
-        return None
     vals = np.unique(np.round(vals, 12))
+    if len(vals) < min_distinct:
+        return None
     n = np.arange(2, max_n + 1, dtype=float)
     ok = np.ones_like(n, dtype=bool)
     for v in vals:
         counts = v * n
-        ok &= np.abs(counts - np.round(counts)) <= tol * n
+        ok &= np.abs(counts - np.round(counts)) <= tol
         if not ok.any():
             return None
     return int(n[np.argmax(ok)])
