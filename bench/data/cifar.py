@@ -138,10 +138,11 @@ def load_cifar(layout: CifarLayout, options: dict[str, Any], root: Path) -> Data
         kind = str(options.get("labels", "fine"))
         if kind not in ("fine", "coarse"):
             raise ValueError(f"dataset 'cifar100': labels must be 'fine' or 'coarse'; got {kind}")
-        label_key, classes = f"{kind}_labels", list(meta[f"{kind}_label_names"])
+        label_key, names = f"{kind}_labels", meta[f"{kind}_label_names"]
         num_classes = 100 if kind == "fine" else 20
     else:
-        label_key, classes, num_classes = "labels", list(meta["label_names"]), 10
+        label_key, names, num_classes = "labels", meta["label_names"], 10
+    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
     train_x, train_y = _read_batches(folder, layout.train_files, label_key)
     test_x, test_y = _read_batches(folder, (layout.test_file,), label_key)
     return make_bundle(
