@@ -267,7 +267,39 @@ class AccelRankChooser:
             c = self.cost(cand, dense_total)
             if best_cost < c <= budget:
                 best, best_cost = cand, c
-        return Plan(best, multiple, sorted(forced))
+        return Plan(self.fill(best, dense_total, budget, multiple), multiple, sorted(forced))
+
+    def fill(self, ranks: dict[str, int | None], dense_total: int, budget: float,
+             multiple: int | None) -> dict[str, int | None]:
+        """Spend what the budget has left: raise single layers one rank step at a time.
+
+        The knob moves every layer together, so a quantized plan can leave much
+        of the budget unused; the layer whose next step keeps the most spectral
+        energy per unit of cost goes first, while the skip rule still holds.
+        """
+        step = multiple or 1
+        ranks = dict(ranks)
+        by_path = {sp.path: sp for sp in self.spectra}
+        while True:
+            best_path, best_gain, best_rank = None, 0.0, 0
+            cost = self.cost(ranks, dense_total)
+            for path, r in ranks.items():
+                sp = by_path[path]
+                if r is None:
+                    continue
+                nxt = quantize_rank(r + step, multiple, sp.full_rank)
+                if nxt <= r or sp.saving(nxt, self.metric) <= 0 or not self.worth_it(sp, nxt):
+                    continue
+                extra = sp.factorized_cost(nxt, self.metric) - sp.factorized_cost(r, self.metric)
+                if cost + extra > budget:
+                    continue
+                s2 = sp.singular_values.double() ** 2
+                gain = float(s2[r:nxt].sum() / s2.sum().clamp_min(1e-30)) / max(extra, 1)
+                if gain > best_gain:
+                    best_path, best_gain, best_rank = path, gain, nxt
+            if best_path is None:
+                return ranks
+            ranks[best_path] = best_rank
 
 
 def decompose_accel(model: nn.Module, target: Target, ctx: MethodContext,
