@@ -252,12 +252,13 @@ def _noise_note(a: dict, seeds: int) -> str:
 
 
 def _score_rows(a: dict) -> list[dict]:
+    never = "never" if a["dense_acc"] is not None else NA  # no dense record: no 99% target
     return [{"method": s["method"], "points": str(s["points"]),
              "auc_macs": fmt(None if s["auc_macs"] is None else 100 * s["auc_macs"], ".2f"),
              "auc_latency": fmt(None if s["auc_latency"] is None else 100 * s["auc_latency"],
                                 ".2f"),
-             "iso_macs": fmt(s["iso_macs"], ".3f", "×") if s["iso_macs"] else "never",
-             "iso_latency": fmt(s["iso_latency"], ".3f", "×") if s["iso_latency"] else "never"}
+             "iso_macs": fmt(s["iso_macs"], ".3f", "×") if s["iso_macs"] else never,
+             "iso_latency": fmt(s["iso_latency"], ".3f", "×") if s["iso_latency"] else never}
             for s in a["scores"]]
 
 
@@ -319,7 +320,7 @@ def load_records(suite: Suite, results_dir: Path) -> tuple[list[dict], int]:
 def analyse(suite: Suite, records: list[dict], expected: int, out_dir: Path) -> dict:
     """Everything the templates show, with plots written into out_dir."""
     df = flatten(records)
-    ok = df[df.status == "ok"]
+    ok = df[(df.status == "ok") & df.top1.notna()]  # an ok record without top-1 ranks nowhere
     suite_order = [tier_label for tier_label in
                    (f"{k}<={v:g}" for t in suite.targets for k, v in t.items())]
     # colours follow the suite's method order, so each method keeps its colour across reruns
