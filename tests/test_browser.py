@@ -93,6 +93,7 @@ def test_site_index_links_suites(site, tmp_path):
     dom = parse(chromium(tmp_path, "--dump-dom", (site / "index.html").as_uri()).stdout)
     links = [a.get("href") for a in dom.find("a")]
     assert "synth/index.html" in links and not dom.find("script")
+    assert all((site / link).is_file() for link in links), links  # no dead links
     assert "Ranking across suites" in " ".join(dom.text)
 
 
