@@ -211,6 +211,7 @@ def test_report_end_to_end(tmp_path):
     # tiers are readable (no '&lt;=' in labels), methods escaped, failure listed
     assert "### MACs ≤ 0.5× dense" in md and "&lt;=" not in md
     assert "{{" not in md and "{%" not in md and "n/a" in md
+    assert "| svd-global | svd | post | truncated SVD per layer" in md  # methods table
     assert XSS_METHOD not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
     assert "**RuntimeError**" in md and "<img" not in md and "\\|" in md
     assert "| svd |" in md and "| ref | dense |" in md

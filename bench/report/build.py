@@ -367,6 +367,7 @@ def analyse(suite: Suite, records: list[dict], expected: int, out_dir: Path) -> 
     return {"suite": {"name": suite.name, "description": suite.description,
                       "data_note": suite.data_note or ""},
             "groups": groups, "failures": failures, "counts": counts,
+            "methods": _methods(df),
             "ranking": [_rank_row(r) for r in ranking], "ranking_groups": len(groups),
             "provenance": _provenance(records, suite, counts)}
 
@@ -389,6 +390,23 @@ def _pivot(a: dict) -> dict:
         rows.append({"method": m, "cells": cells,
                      "auc": fmt(None if auc.get(m) is None else 100 * auc[m], ".2f")})
     return {"tiers": [t["title"] for t in a["tiers"]], "rows": rows}
+
+
+def _methods(df: pd.DataFrame) -> list[dict]:
+    """Label, registered name, kind and one-line description of each method in the report."""
+    from bench.plugins import get_method
+    from bench.registry import UnknownNameError
+
+    out = []
+    for label, name in dict.fromkeys(zip(df.method, df.method_name)):
+        try:
+            cls = get_method(str(name))
+            kind = str(getattr(cls, "kind", ""))
+            desc = cls.description or (cls.__doc__ or "").strip().split("\n")[0]
+        except (UnknownNameError, ImportError):  # plugin not installed: its records still show
+            kind, desc = "", "(not installed here)"
+        out.append({"label": str(label), "name": str(name), "kind": kind, "description": desc})
+    return out
 
 
 def _pretty_target(metric: Any, ratio: Any) -> str:
