@@ -20,8 +20,11 @@ Trainable Decomposition" (ICML 2024, arXiv 2308.14929).
   ranks per epoch go into the record.
 - ``compress(target)``: greedy search on the validation split from the one
   trained model: repeatedly cut the rank step (``rank_step`` of the layer's
-  full rank) with the least validation-loss increase per unit of the target's
-  metric saved, until the budget holds; BatchNorm statistics are recalibrated
+  full rank, at most a quarter of its current rank) with the least
+  validation-loss increase per unit of the target's metric saved (savings
+  counted only up to what the budget still needs), until the budget holds. A
+  layer still at or above break-even offers every step below break-even at
+  once, since its first saving cut must cross it; BatchNorm statistics are recalibrated
   on training batches before every evaluation of a truncated model. U and V
   are then sliced into plain LowRankLinear/LowRankConv2d layers (or a dense
   layer where that is cheaper).
@@ -43,6 +46,7 @@ Departures from the paper / the authors' code (our choices):
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from typing import Any
 
@@ -74,6 +78,10 @@ class MaestroParams(BaseModel):
     exclude: list[str] = Field(default_factory=list, description="module path patterns to skip")
     skip_first_conv: bool = True
     skip_classifier: bool = True
+
+
+_PATHS: dict[str, list[dict[str, Any]]] = {}  # model fingerprint -> greedy path
+_MAX_PATHS = 8
 
 
 def ordered_layers(model: nn.Module) -> dict[str, OrderedFactorized]:
@@ -143,18 +151,20 @@ class RankSearch:
     def candidates(self, path: str) -> list[int]:
         """Ranks to try for the next cut of this layer (each saves cost).
 
-        A layer already cheaper than dense offers one rank step down (the last
-        step may be shorter, to reach rank 1). A layer still at or above
-        break-even saves nothing until it crosses it, so it offers every rank
-        step below break-even: without that look-ahead the greedy never pays
-        for the first, small saving and keeps cutting layers already factorized.
+        A layer already cheaper than dense offers one rank step down: the step
+        is ``rank_step`` of the full rank, but at most a quarter of the current
+        rank. A layer still at or above break-even saves nothing until it
+        crosses it, so it offers 1, 3/4, 1/2 and 1/4 of its break-even rank:
+        without that look-ahead the greedy never pays for the first, small
+        saving and keeps cutting layers already factorized.
         """
         layer, r, step = self.layers[path], self.ranks[path], self.steps[path]
         breakeven = (layer.fan_in * layer.fan_out - 1) // (layer.fan_in + layer.fan_out)
         if r > breakeven:
-            ranks = list(range(breakeven, 0, -step)) if breakeven >= 1 else []
-        else:
-            ranks = [max(r - step, 1)] if r > 1 else []
+            ranks = sorted({max(1, math.ceil(breakeven * f)) for f in (1, 0.75, 0.5, 0.25)},
+                           reverse=True) if breakeven >= 1 else []
+        else:  # near the bottom the step shrinks with the rank, so no cut removes most of it
+            ranks = [max(r - min(step, math.ceil(r / 4)), 1)] if r > 1 else []
         now = self.layer_cost(path, r)
         return [c for c in ranks if c < r and self.layer_cost(path, c) < now]
 
@@ -178,38 +188,67 @@ class RankSearch:
             n += len(y)
         return total / max(n, 1)
 
+    def fingerprint(self) -> str:
+        """Everything the greedy path depends on: weights, buffers, data, metric, params."""
+        h = hashlib.sha256()
+        for name, t in self.model.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        for x, y in self.batches:
+            h.update(x.cpu().contiguous().numpy().tobytes())
+            h.update(y.cpu().contiguous().numpy().tobytes())
+        h.update(f"{self.metric}|{self.p.model_dump_json()}".encode())
+        return h.hexdigest()
+
     def run(self, estimate_fixed: int, budget: float) -> tuple[float, list[dict[str, Any]]]:
-        """Cut until fixed + sum of layer costs <= budget (or nothing is left to cut)."""
+        """Walk the greedy path until fixed + sum of layer costs <= budget (or no cut is left).
+
+        The path does not depend on the budget (each step is the best loss
+        increase per cost saved), so every budget's ranks are a point on one
+        path and smaller budgets give nested models. Paths are kept per model
+        fingerprint: the next target of the same trained model resumes where
+        the last one stopped instead of searching again.
+        """
+        def total(ranks: dict[str, int]) -> int:
+            return estimate_fixed + sum(self.layer_cost(p, r) for p, r in ranks.items())
+
+        key = self.fingerprint()
+        path = _PATHS.get(key)
+        if path is None:
+            self.apply()
+            path = [{"ranks": dict(self.ranks), "val_loss": self.val_loss()}]
+            while len(_PATHS) >= _MAX_PATHS:
+                _PATHS.pop(next(iter(_PATHS)))
+            _PATHS[key] = path
+        for i, point in enumerate(path):
+            if total(point["ranks"]) <= budget or i == len(path) - 1:
+                break
+        self.ranks = dict(point["ranks"])
         self.apply()
-        current = self.val_loss()
-        path_log: list[dict[str, Any]] = []
-
-        def total() -> int:
-            return estimate_fixed + sum(self.layer_cost(p, r) for p, r in self.ranks.items())
-
-        while total() > budget:
+        current = point["val_loss"]
+        if i < len(path) - 1 or total(self.ranks) <= budget:
+            return current, path[1:i + 1]
+        while total(self.ranks) > budget:
             best: tuple[float, str, int, float] | None = None
-            for path in self.layers:
-                old = self.ranks[path]
-                for cand in self.candidates(path):
-                    saved = self.layer_cost(path, old) - self.layer_cost(path, cand)
-                    self.ranks[path] = cand
-                    self.layers[path].rank_limit = cand
+            for name in self.layers:
+                old = self.ranks[name]
+                for cand in self.candidates(name):
+                    saved = self.layer_cost(name, old) - self.layer_cost(name, cand)
+                    self.ranks[name] = cand
+                    self.layers[name].rank_limit = cand
                     loss = self.val_loss()
                     score = (loss - current) / saved
                     if best is None or score < best[0]:
-                        best = (score, path, cand, loss)
-                self.ranks[path] = old
-                self.layers[path].rank_limit = old
+                        best = (score, name, cand, loss)
+                self.ranks[name] = old
+                self.layers[name].rank_limit = old
             if best is None:
                 break
-            _, path, cand, loss = best
-            self.ranks[path] = cand
-            self.layers[path].rank_limit = cand
-            current = loss
-            path_log.append({"layer": path, "rank": cand, "val_loss": round(loss, 5),
-                             "estimate": total()})
-        return current, path_log
+            _, name, cand, current = best
+            self.ranks[name] = cand
+            self.layers[name].rank_limit = cand
+            path.append({"ranks": dict(self.ranks), "val_loss": current, "layer": name})
+        return current, path[1:]
 
 
 def deploy(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
@@ -300,8 +339,7 @@ class Maestro(Method):
         budget = target.ratio * reference
         goal, log, loss = float(budget), [], float("nan")
         for _ in range(5):  # the closed form is exact; this only guards against drift
-            loss, more = search.run(fixed, goal)
-            log += more
+            loss, log = search.run(fixed, goal)
             achieved = ctx.measure(deploy(copy.deepcopy(model), search.ranks)).get(metric)
             if achieved <= budget or not any(search.candidates(p) for p in layers):
                 break
@@ -312,6 +350,8 @@ class Maestro(Method):
             recalibrate_batchnorm(model, ctx.calibration_batches(), self.params.bn_batches)
         ctx.record("ranks", {p: (r if layers[p].factorized_is_cheaper(r) else None)
                              for p, r in ranks.items()})
-        ctx.record("search", {"steps": len(log), "evaluations": search.evaluations,
-                              "val_loss": round(loss, 5), "path": log[-50:]})
+        ctx.record("search", {
+            "steps": len(log), "evaluations": search.evaluations, "val_loss": round(loss, 5),
+            "path": [{"layer": pt.get("layer"), "rank": pt["ranks"].get(pt.get("layer")),
+                      "val_loss": round(pt["val_loss"], 5)} for pt in log[-60:]]})
         return model

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from bench.cells import expand
 from bench.data import load_dataset
 from bench.method import MethodContext
 from bench.models import build_model
@@ -49,9 +50,12 @@ def suite_subset(name: str) -> Any:
     return suite.model_copy(update={"methods": keep, "name": f"{suite.name}-maestro-bench"})
 
 
-def result_rows(results: Path) -> list[dict[str, Any]]:
+def result_rows(results: Path, suite: Any) -> list[dict[str, Any]]:
+    ids = {c.id for c in expand(suite)}  # this suite's cells only, not stale records
     rows = []
     for r in ResultStore(results).records():
+        if r.get("cell_id") not in ids:
+            continue
         if r.get("status") != "ok":
             rows.append({"model": r["model"], "method": r["method"],
                          "target": r.get("target_label"), "status": r.get("status")})
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         run_suite(suite, args.results, device=torch.device("cpu"), executor="serial")
         report["suite_wall_s"] = round(time.perf_counter() - t0, 1)
-        report["cells"] = result_rows(Path(args.results))
+        report["cells"] = result_rows(Path(args.results), suite)
         print_table(report["cells"], ["model", "method", "target", "top1", "val_top1",
                                       "macs_ratio", "params_ratio", "cpu_b1_ms", "cpu_b64_ms",
                                       "train_s", "compress_s"])
