@@ -57,7 +57,7 @@ def funnel_penalty(gates: Tensor, eps: float) -> Tensor:
 class GatedLinear(nn.Module):
     """Linear as its full SVD, in->r (no bias) then r->out, with a gate per component."""
 
-    def __init__(self, layer: nn.Linear, tokens: int = 1):
+    def __init__(self, layer: nn.Linear, tokens: int = 1, gate_scale: float = 1.0):
         super().__init__()
         w = layer.weight.detach()
         r = min(w.shape)
@@ -71,16 +71,26 @@ class GatedLinear(nn.Module):
             self.second.weight.copy_(u)
             if layer.bias is not None:
                 self.second.bias.copy_(layer.bias)
-        self.gate = nn.Parameter(torch.ones(r, dtype=w.dtype))
+        self.gate_scale = gate_scale
+        self.gate_raw = nn.Parameter(torch.full((r,), 1.0 / gate_scale, dtype=w.dtype))
         self.register_buffer("mask", torch.ones(r, dtype=w.dtype))
         self.register_buffer("sv", (s / s[0].clamp_min(1e-30)).to(w.dtype))
         self.to(w.device)
+
+    @property
+    def gate(self) -> Tensor:
+        return self.gate_scale * self.gate_raw
 
     def forward(self, x: Tensor) -> Tensor:
         return self.second(self.first(x) * (self.gate * self.mask))
 
     def gates(self) -> list[tuple[str, Tensor, Tensor]]:
+        """(mode, gate values, normalised singular values) per rank mode."""
         return [("r", self.gate, self.sv)]
+
+    @torch.no_grad()
+    def set_gates(self, mode: str, values: Tensor) -> None:
+        self.gate_raw.copy_(values / self.gate_scale)
 
     def cost(self, kept: dict[str, int], metric: str) -> int:
         """Weights (or MACs per sample) of the cheaper deployable form at ``kept`` ranks."""
@@ -108,7 +118,8 @@ class GatedLinear(nn.Module):
 class GatedTuckerConv2d(nn.Module):
     """Conv as its full Tucker-2 (1x1 in->R1, core, 1x1 R2->out) with gates on R1 and R2."""
 
-    def __init__(self, conv: nn.Conv2d, in_pixels: int = 1, out_pixels: int = 1):
+    def __init__(self, conv: nn.Conv2d, in_pixels: int = 1, out_pixels: int = 1,
+                 gate_scale: float = 1.0):
         super().__init__()
         t = tucker2(conv.weight)
         bias = None if conv.bias is None else conv.bias.detach()
@@ -120,12 +131,28 @@ class GatedTuckerConv2d(nn.Module):
         self.in_pixels, self.out_pixels = in_pixels, out_pixels
         dt = conv.weight.dtype
         r1, r2 = t.u_in.shape[1], t.u_out.shape[1]
-        self.gate_in = nn.Parameter(torch.ones(r1, dtype=dt, device=conv.weight.device))
-        self.gate_out = nn.Parameter(torch.ones(r2, dtype=dt, device=conv.weight.device))
-        self.register_buffer("mask_in", torch.ones_like(self.gate_in.detach()))
-        self.register_buffer("mask_out", torch.ones_like(self.gate_out.detach()))
+        self.gate_scale = gate_scale
+        init = 1.0 / gate_scale
+        self.gate_in_raw = nn.Parameter(torch.full((r1,), init, dtype=dt,
+                                                   device=conv.weight.device))
+        self.gate_out_raw = nn.Parameter(torch.full((r2,), init, dtype=dt,
+                                                    device=conv.weight.device))
+        self.register_buffer("mask_in", torch.ones_like(self.gate_in_raw.detach()))
+        self.register_buffer("mask_out", torch.ones_like(self.gate_out_raw.detach()))
         self.register_buffer("sv_in", t.sv_in / t.sv_in[0].clamp_min(1e-30))
         self.register_buffer("sv_out", t.sv_out / t.sv_out[0].clamp_min(1e-30))
+
+    @property
+    def gate_in(self) -> Tensor:
+        return self.gate_scale * self.gate_in_raw
+
+    @property
+    def gate_out(self) -> Tensor:
+        return self.gate_scale * self.gate_out_raw
+
+    @torch.no_grad()
+    def set_gates(self, mode: str, values: Tensor) -> None:
+        getattr(self, f"gate_{mode}_raw").copy_(values / self.gate_scale)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.body.first(x) * (self.gate_in * self.mask_in)[:, None, None]
@@ -200,15 +227,15 @@ def _positions(model: nn.Module, layers: dict[str, nn.Module],
     return found
 
 
-def gate_model(model: nn.Module, layers: dict[str, nn.Module],
-               input_shape: tuple[int, ...]) -> dict[str, nn.Module]:
+def gate_model(model: nn.Module, layers: dict[str, nn.Module], input_shape: tuple[int, ...],
+               gate_scale: float = 1.0) -> dict[str, nn.Module]:
     """Swap every selected layer for its full-rank gated decomposition (same function)."""
     positions = _positions(model, layers, input_shape)
     gated: dict[str, nn.Module] = {}
     for path, layer in layers.items():
         pin, pout = positions.get(path, (1, 1))
-        new = (GatedTuckerConv2d(layer, pin, pout) if isinstance(layer, nn.Conv2d)
-               else GatedLinear(layer, pout))
+        new = (GatedTuckerConv2d(layer, pin, pout, gate_scale) if isinstance(layer, nn.Conv2d)
+               else GatedLinear(layer, pout, gate_scale))
         set_module(model, path, new)
         gated[path] = new
     return gated
@@ -295,6 +322,9 @@ class FunnelParams(BaseModel):
     reg_epochs: int = Field(default=3, ge=0, description="epochs of the gate regularization")
     lam: float = Field(default=1e-2, ge=0, description="weight of sum f(gate) in the loss")
     eps: float = Field(default=0.05, gt=0, description="funnel width: f(g)=g^2/(g^2+eps)")
+    gate_scale: float = Field(
+        default=1.0, gt=0, description="gate = gate_scale x a parameter initialised to "
+        "1/gate_scale: under Adam-type optimizers the gates move gate_scale times faster")
     score: Literal["gate", "gate_sv"] = Field(
         default="gate", description="drop order: |gate|, or |gate| x normalised singular value")
     include: list[str] = Field(default_factory=list, description="module path patterns to use")
@@ -349,7 +379,7 @@ class Funnel(Method):
             (layer.weight.numel() * (1 if target.metric == "params" else positions[path][1]))
             for path, layer in layers.items())
         others = dense_now - selected_dense
-        gated = gate_model(model, layers, ctx.input_shape)
+        gated = gate_model(model, layers, ctx.input_shape, p.gate_scale)
         if p.reg_epochs > 0:
             ctx.train(model, epochs=p.reg_epochs, method=self, phase="funnel")
         n = select_to_budget(model, gated, target, ctx, p.score, others)

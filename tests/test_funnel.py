@@ -58,10 +58,9 @@ def make_ctx(model: nn.Module, train_fn=None) -> MethodContext:
 def scramble_gates(model: nn.Module, seed: int = 0) -> None:
     """Stand-in for a regularization phase: gates spread over [0, 2)."""
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for mod in gated_modules(model).values():
-            for _, g, _ in mod.gates():
-                g.copy_(2 * torch.rand(g.shape, generator=gen))
+    for mod in gated_modules(model).values():
+        for mode, g, _ in mod.gates():
+            mod.set_gates(mode, 2 * torch.rand(g.shape, generator=gen))
 
 
 @pytest.mark.parametrize("conv", [nn.Conv2d(6, 10, 3, padding=1, stride=2),
@@ -122,14 +121,17 @@ def test_regularizer_only_in_the_funnel_phase():
     assert method.regularizer(model, ctx) is None
 
 
-@pytest.mark.parametrize("metric,ratio", [("macs", 0.5), ("macs", 0.3), ("params", 0.4)])
-def test_deployed_equals_gated_with_drops_and_meets_budget(metric, ratio):
+@pytest.mark.parametrize("metric,ratio,scale", [("macs", 0.5, 1.0), ("macs", 0.3, 10.0),
+                                                ("params", 0.4, 1.0)])
+def test_deployed_equals_gated_with_drops_and_meets_budget(metric, ratio, scale):
     torch.manual_seed(0)
     dense = SmallCNN().eval()
     ctx = make_ctx(dense)
     x = torch.randn(6, *SHAPE)
     gated_model = copy.deepcopy(dense)
-    gated = gate_model(gated_model, select_layers(gated_model), SHAPE)
+    gated = gate_model(gated_model, select_layers(gated_model), SHAPE, gate_scale=scale)
+    with torch.no_grad():
+        assert (gated_model(x) - dense(x)).abs().max() < 1e-4
     scramble_gates(gated_model)
 
     layers = select_layers(dense)
