@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from bench import Method, MethodContext, Target, register_method
 from bench.train import recalibrate_batchnorm
-from methods.layers import layer_positions, select_layers, set_module
+from methods.layers import select_layers, set_module
 from methods.layers.ordered import OrderedFactorized
 
 
@@ -90,6 +90,31 @@ def ordered_layers(model: nn.Module) -> dict[str, OrderedFactorized]:
 
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def ordered_positions(model: nn.Module, layers: dict[str, OrderedFactorized],
+                      input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Applications of each layer's weight per sample: output pixels or tokens."""
+    counts: dict[str, int] = {}
+
+    def hook(path: str):
+        def count(mod: OrderedFactorized, inp: Any, out: Tensor) -> None:
+            n = out.shape[-2] * out.shape[-1] if mod.is_conv else out[0].numel() // out.shape[-1]
+            counts[path] = counts.get(path, 0) + int(n)
+        return count
+
+    handles = [layer.register_forward_hook(hook(path)) for path, layer in layers.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        model(torch.zeros((1, *input_shape), device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return counts
 
 
 class OrderedDropoutSampler:
@@ -129,7 +154,7 @@ class RankSearch:
                  ctx: MethodContext, params: MaestroParams):
         self.model, self.layers, self.metric, self.ctx, self.p = model, layers, metric, ctx, params
         if metric == "macs":
-            self.positions = layer_positions(model, dict(layers), ctx.input_shape)
+            self.positions = ordered_positions(model, layers, ctx.input_shape)
         else:
             self.positions = {path: 1 for path in layers}
         self.batches = []
@@ -144,6 +169,7 @@ class RankSearch:
         self.steps = {path: max(1, math.ceil(layer.full_rank * params.rank_step))
                       for path, layer in layers.items()}
         self.evaluations = 0
+        self.key = self.fingerprint()  # before any evaluation: BN recalibration changes state
 
     def layer_cost(self, path: str, rank: int) -> int:
         return self.positions.get(path, 0) * self.layers[path].weight_cost(rank)
@@ -212,7 +238,7 @@ class RankSearch:
         def total(ranks: dict[str, int]) -> int:
             return estimate_fixed + sum(self.layer_cost(p, r) for p, r in ranks.items())
 
-        key = self.fingerprint()
+        key = self.key
         path = _PATHS.get(key)
         if path is None:
             self.apply()

@@ -260,3 +260,46 @@ def test_runner_trains_maestro_once_for_all_targets(tiny_suite, write_suite, tmp
     assert main(["run", str(write_suite(tiny_suite)), "--results", str(results)]) == 0
     assert "cached trained model" in capsys.readouterr().out
     assert calls == {"prepare": 2, "train_epochs": tiny_suite["train"]["epochs"]}
+
+
+class BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 32, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(32)
+        self.conv3 = nn.Conv2d(32, 32, 3, padding=1, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv2(torch.relu(self.conv1(x)))))
+        return self.head(self.pool(torch.relu(self.conv3(x))).flatten(1))
+
+
+@pytest.mark.parametrize("target", [Target("macs", 0.4), Target("params", 0.3)])
+def test_convnet_with_batchnorm_deploys_factorized_convs_within_budget(target):
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(96, 1, 8, 8, generator=gen), torch.randint(0, 10, (96,), generator=gen)
+    batches = lambda: iter([(xs[i:i + 32], ys[i:i + 32]) for i in (0, 32, 64)])  # noqa: E731
+    dense = BNNet()
+    ctx = make_ctx(dense)
+    ctx.calibration_batches = ctx.val_batches = batches
+    m = Maestro()
+    model = m.prepare(dense, ctx)
+    assert set(ordered_layers(model)) == {"conv2", "conv3"}  # first conv, classifier stay
+    ref = copy.deepcopy(model)
+    out = m.compress(model, target, ctx)
+    assert measure_cost(out, (1, 8, 8)).get(target.metric) <= \
+        target.ratio * ctx.dense_cost.get(target.metric)
+    assert any(isinstance(x, LowRankConv2d) for x in out.modules())
+    assert not any(isinstance(x, OrderedFactorized) for x in out.modules())
+    out.eval()
+    ranks = ctx.info["ranks"]
+    for path, layer in ordered_layers(ref).items():  # deployed = the ordered layer's prefix
+        layer.rank_limit = ranks[path] or layer.kept
+    for bn_out, bn_ref in zip([out.bn], [ref.bn]):  # same recalibrated statistics
+        bn_ref.load_state_dict(bn_out.state_dict())
+    ref.eval()
+    assert (out(xs) - ref(xs)).abs().max() < 1e-4
