@@ -92,11 +92,14 @@ class GatedLinear(nn.Module):
     def set_gates(self, mode: str, values: Tensor) -> None:
         self.gate_raw.copy_(values / self.gate_scale)
 
+    def dense_cost(self, metric: str) -> int:
+        w = self.in_features * self.out_features
+        return w if metric == "params" else w * self.tokens
+
     def cost(self, kept: dict[str, int], metric: str) -> int:
         """Weights (or MACs per sample) of the cheaper deployable form at ``kept`` ranks."""
-        r = kept["r"]
-        w = min(r * (self.in_features + self.out_features), self.in_features * self.out_features)
-        return w if metric == "params" else w * self.tokens
+        w = kept["r"] * (self.in_features + self.out_features)
+        return min(w if metric == "params" else w * self.tokens, self.dense_cost(metric))
 
     @torch.no_grad()
     def deploy(self, metric: str) -> nn.Module:
@@ -338,7 +341,10 @@ def select_to_budget(model: nn.Module, gated: dict[str, nn.Module], target: Targ
     """Mask the globally smallest components until the deployed model meets ``target``;
     return how many were dropped. The closed form is confirmed by the harness's counter."""
     order = droppable_components(gated, score)
-    reference = ctx.dense_cost.get(target.metric) if ctx.dense_cost else others
+    if ctx.dense_cost is not None:
+        reference = ctx.dense_cost.get(target.metric)
+    else:
+        reference = others + sum(m.dense_cost(target.metric) for m in gated.values())
     budget = target.ratio * reference
     n = smallest_drop(gated, order, target.metric, others, budget)
     while True:
