@@ -180,14 +180,14 @@ class RankSearch:
         A layer already cheaper than dense offers one rank step down: the step
         is ``rank_step`` of the full rank, but at most a quarter of the current
         rank. A layer still at or above break-even saves nothing until it
-        crosses it, so it offers 1, 3/4, 1/2 and 1/4 of its break-even rank:
+        crosses it, so it offers 3/4, 1/2 and 1/4 of its break-even rank:
         without that look-ahead the greedy never pays for the first, small
         saving and keeps cutting layers already factorized.
         """
         layer, r, step = self.layers[path], self.ranks[path], self.steps[path]
         breakeven = (layer.fan_in * layer.fan_out - 1) // (layer.fan_in + layer.fan_out)
         if r > breakeven:
-            ranks = sorted({max(1, math.ceil(breakeven * f)) for f in (1, 0.75, 0.5, 0.25)},
+            ranks = sorted({max(1, math.ceil(breakeven * f)) for f in (0.75, 0.5, 0.25)},
                            reverse=True) if breakeven >= 1 else []
         else:  # near the bottom the step shrinks with the rank, so no cut removes most of it
             ranks = [max(r - min(step, math.ceil(r / 4)), 1)] if r > 1 else []
