@@ -12,4 +12,14 @@ from methods import (  # noqa: F401
     svd,
 )
 
-__all__ = ["accel", "dense", "dense_small", "funnel", "lorita", "maestro", "monarch", "prune", "svd"]
+__all__ = [
+    "accel",
+    "dense",
+    "dense_small",
+    "funnel",
+    "lorita",
+    "maestro",
+    "monarch",
+    "prune",
+    "svd",
+]
