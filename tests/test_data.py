@@ -321,7 +321,16 @@ def test_imagefolder_missing_gives_a_clear_error(tmp_path):
 # -- the shipped suites --------------------------------------------------------------------
 
 
-def test_cifar_suite_runs_one_cell_on_a_tiny_archive(tmp_path, capsys):
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions gain nothing from threads, and a busy CPU makes them much slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cifar_suite_runs_one_cell_on_a_tiny_archive(tmp_path, capsys, one_thread):
     """suites/cifar.yaml validates; a copy cut to one cell runs end to end on tiny data."""
     from bench.cli import main
     from bench.suite import SUITES_DIR
