@@ -1,4 +1,5 @@
 SUITE ?= quick
+JOBS ?= 1
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -15,11 +16,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 bench: install
-	$(PY) -m bench.cli run $(SUITE)
-	$(PY) -m bench.cli report $(SUITE)
+	status=0; $(PY) -m bench.cli run $(SUITE) --jobs $(JOBS) || status=$$?; \
+	$(PY) -m bench.cli report $(SUITE) && exit $$status
 
 run: install
-	$(PY) -m bench.cli run $(SUITE)
+	$(PY) -m bench.cli run $(SUITE) --jobs $(JOBS)
 
 report: install
 	$(PY) -m bench.cli report $(SUITE)

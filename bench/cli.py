@@ -58,9 +58,11 @@ def cmd_run(args) -> int:
                       f"{summary.work_s:.1f}s of {summary.seconds:.1f}s wall "
                       f"(harness overhead {100 * share:.1f}%)")
             else:
+                busy = ", ".join(f"{s:.1f}s" for s in summary.busy_s.values())
                 print(f"time in training, compression, evaluation and timing: "
                       f"{summary.work_s:.1f}s summed over {summary.jobs} workers and the "
-                      f"driver, {summary.seconds:.1f}s wall")
+                      f"driver, {summary.seconds:.1f}s wall ({summary.timing_phase_s:.1f}s of "
+                      f"it the driver's timing phase); busy per worker: {busy}")
     if summary.failed:
         print(f"{len(summary.failures)} failed cell(s) (rerun only these with --retry-failed):")
         for f in summary.failures:
@@ -140,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="results directory (default results/<suite>)")
     p.add_argument("--data-root", help="where datasets live (default $LOWRANK_BENCH_DATA)")
     p.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed")
+    p.add_argument("--jobs", "-j", type=int, default=1,
+                   help="groups run at once: worker processes (local) or Ray tasks (ray)")
+    p.add_argument("--executor", choices=["serial", "local", "ray"],
+                   help="where groups run (default: serial for --jobs 1, else local); ray "
+                        "connects to $RAY_ADDRESS or starts a local Ray instance")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the cells, which are done, and a time estimate; run nothing")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="render a suite's leaderboard from its records")
@@ -171,13 +180,6 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(message)s")
     from bench.suite import SuiteError
 
-    p.add_argument("--jobs", "-j", type=int, default=1,
-                   help="groups run at once: worker processes (local) or Ray tasks (ray)")
-    p.add_argument("--executor", choices=["serial", "local", "ray"],
-                   help="where groups run (default: serial for --jobs 1, else local); ray "
-                        "connects to $RAY_ADDRESS or starts a local Ray instance")
-    p.add_argument("--dry-run", action="store_true",
-                   help="list the cells, which are done, and a time estimate; run nothing")
     try:
         return args.func(args)
     except SuiteError as exc:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
+import os
 import time
 import traceback
 from collections import OrderedDict
@@ -57,6 +58,8 @@ class RunSummary:
     work_s: float = 0.0  # training, compression, evaluation and measurement, summed
     executor: str = "serial"
     jobs: int = 1
+    timing_phase_s: float = 0.0  # wall seconds of the driver's timing phase(s)
+    busy_s: dict[int, float] = field(default_factory=dict)  # work seconds per worker pid
 
     @property
     def computed(self) -> int:
@@ -454,6 +457,7 @@ def execute_group(task: GroupTask, emit: Callable[[Event], None]) -> None:
             sink.clear()
             runner.sink = None
         ev.work_s = runner.work_s - work0
+        ev.extra["pid"] = os.getpid()
         emit(ev)
     emit(Event("group_done", task.index))
 
@@ -531,6 +535,9 @@ class _Driver:
     # -- events ---------------------------------------------------------------
     def handle(self, ev: Event) -> None:
         self.summary.work_s += ev.work_s
+        if ev.work_s:
+            pid = int(ev.extra.get("pid", 0))
+            self.summary.busy_s[pid] = self.summary.busy_s.get(pid, 0.0) + ev.work_s
         if ev.kind == "message":
             self.write(ev.text)
         elif ev.kind == "reused":
@@ -566,7 +573,7 @@ class _Driver:
         self._tick(cell)
 
     def _recorded(self, cell: Cell, record: dict) -> None:
-        n = self._tick(cell)
+        n = "  timed" if cell.id in self.ticked else self._tick(cell)
         if record.get("status") == "ok":
             self.summary.ok += 1
             m = record["metrics"]
@@ -695,7 +702,9 @@ def run_suite(suite: Suite, results_dir: str | Path, *, device: torch.device | N
             while groups:
                 driver.locked = []
                 ex.run(driver.tasks(groups), driver.handle)
+                t0 = time.perf_counter()
                 driver.time_pending()
+                summary.timing_phase_s += time.perf_counter() - t0
                 driver.release()
                 groups = driver.locked
                 if groups and not waited:

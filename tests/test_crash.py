@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def two_groups(tiny_suite, write_suite) -> Path:
     tiny_suite["seeds"] = [0, 1]
-    tiny_suite["targets"] = [{"macs": 0.5}, {"macs": 0.25}]
     tiny_suite["latency"]["min_seconds"] = 0.05  # each cell takes a moment: kill lands mid-suite
     return write_suite(tiny_suite)
 
@@ -62,13 +61,13 @@ def test_kill9_mid_suite_then_rerun_finishes_each_cell_once(two_groups, tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = {p.name: p.read_bytes() for p in (results / "cells").glob("*.json")}
-    assert 1 <= len(before) < 6, "the kill should land mid-suite"
+    assert 1 <= len(before) < 4, "the kill should land mid-suite"
 
     rerun = _start(two_groups, results)
     out = rerun.communicate(timeout=300)[0]
     assert rerun.returncode == 0, out
-    assert f"{6 - len(before)} of 6 cells to run ({len(before)} already done)" in out
-    _check_complete(results, 6)
+    assert f"{4 - len(before)} of 4 cells to run ({len(before)} already done)" in out
+    _check_complete(results, 4)
     for name, data in before.items():  # finished cells were not recomputed
         assert (results / "cells" / name).read_bytes() == data
     for cell_id, log in _logs(results).items():
@@ -94,7 +93,7 @@ def test_kill9_parallel_driver_kills_workers_and_pending_cells_are_only_timed(tw
     rerun = _start(two_groups, results)
     out = rerun.communicate(timeout=300)[0]
     assert rerun.returncode == 0, out
-    _check_complete(results, 6)
+    _check_complete(results, 4)
     logs = _logs(results)
     for cell_id in pending:  # trained once, then only timed
         assert logs[cell_id].count("== pending") == 1
@@ -128,7 +127,7 @@ def test_corrupt_and_partial_files_are_redone(two_groups, tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", str(two_groups), "--results", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "3 of 6 cells to run (3 already done)" in out
+    assert "3 of 4 cells to run (1 already done)" in out
     assert "training dense baseline" in out  # the broken checkpoint was not used
     assert all(store.load(p.stem) is not None for p in records)
 
@@ -138,7 +137,7 @@ def test_two_runs_on_one_directory_share_the_work(two_groups, tmp_path):
     a, b = _start(two_groups, results), _start(two_groups, results)
     outs = [p.communicate(timeout=300)[0] for p in (a, b)]
     assert a.returncode == 0 and b.returncode == 0, outs
-    _check_complete(results, 6)
+    _check_complete(results, 4)
     for cell_id, log in _logs(results).items():
         assert log.count("== attempt") == 1, cell_id  # nobody duplicated a cell
 
@@ -165,7 +164,7 @@ def test_a_dead_runs_lock_is_broken_and_a_live_one_is_waited_for(two_groups, tmp
     finally:
         alive.kill()
         alive.wait()
-    assert summary.ok == 6 and not summary.failed, lines
+    assert summary.ok == 4 and not summary.failed, lines
     assert any("being run by pid" in line and str(alive.pid) in line for line in lines), lines
     assert any("waiting for 1 group(s)" in line for line in lines)
-    _check_complete(results, 6)
+    _check_complete(results, 4)
