@@ -30,11 +30,15 @@ Our choices, where the paper or its code differs:
   starts with exactly the plain init's singular values, trains faster under
   plain SGD in networks without normalisation, but its spectrum stays close to
   the full-rank init in short trainings (see bench/experiments/lorita_rank.py).
-- Every Linear/Conv2d is over-parameterized during training (also the first
-  conv and classifier, as in the paper), grouped/depthwise convs excepted;
-  which layers are then truncated follows the ``svd`` selection (first conv and
-  classifier stay dense by default). The authors also offer iterative rank
-  searches with retraining; we offer only local, global and energy selection.
+- The layers trained in N-factor form are the layers that will be truncated:
+  the ``svd`` selection (include/exclude patterns, grouped/depthwise convs
+  never). By default that leaves the first conv and the classifier plain in
+  training and dense in deployment; the paper over-parameterizes them too
+  (``skip_first_conv: false, skip_classifier: false`` does so and then also
+  truncates them). Reason: they are not truncated by default, and a factorized
+  patch embedding and head lengthened the initial loss plateau of our small
+  ViT. The authors also offer iterative rank searches with retraining; we
+  offer only local, global and energy selection.
 """
 
 from __future__ import annotations
@@ -153,8 +157,9 @@ OVERPARAMETERIZED = (LoRITaLinear, LoRITaConv2d)
 
 
 def overparameterize(model: nn.Module, n: int, include: list[str] | None = None,
-                     exclude: list[str] | None = None,
-                     init: FactorInit = "default") -> nn.Module:
+                     exclude: list[str] | None = None, init: FactorInit = "default",
+                     skip_first_conv: bool = False,
+                     skip_classifier: bool = False) -> nn.Module:
     """Replace every Linear/Conv2d (groups 1) by its N-factor form, in place.
 
     Structure depends only on the model's architecture and ``n``, so a state_dict
@@ -162,8 +167,7 @@ def overparameterize(model: nn.Module, n: int, include: list[str] | None = None,
     """
     if n <= 1:
         return model
-    layers = select_layers(model, include, exclude, skip_first_conv=False,
-                           skip_classifier=False)
+    layers = select_layers(model, include, exclude, skip_first_conv, skip_classifier)
     for path, layer in layers.items():
         cls = LoRITaLinear if isinstance(layer, nn.Linear) else LoRITaConv2d
         new = cls(layer, n, init)
@@ -205,13 +209,14 @@ class LoRITaParams(BaseModel):
         "(PyTorch's, as the authors) or orthogonal (merged weight starts as the plain init)")
     rank_selection: RankSelection = Field(
         default="local", description="local, global or energy (as in svd)")
-    include: list[str] = Field(default_factory=list,
-                               description="module path patterns to truncate")
+    include: list[str] = Field(default_factory=list, description="module path patterns to "
+                               "factorize in training and truncate")
     exclude: list[str] = Field(default_factory=list,
-                               description="module path patterns to skip (training and "
-                               "truncation)")
-    skip_first_conv: bool = True
-    skip_classifier: bool = True
+                               description="module path patterns to keep plain")
+    skip_first_conv: bool = Field(default=True, description="first conv plain in training "
+                                  "and dense in deployment (false: as the paper)")
+    skip_classifier: bool = Field(default=True, description="classifier plain in training "
+                                  "and dense in deployment (false: as the paper)")
 
 
 @register_method
@@ -225,7 +230,8 @@ class LoRITa(Method):
 
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         p: LoRITaParams = self.params
-        return overparameterize(model, p.N, exclude=p.exclude or None, init=p.init)
+        return overparameterize(model, p.N, p.include or None, p.exclude or None, p.init,
+                                p.skip_first_conv, p.skip_classifier)
 
     def weight_decay(self, default: float) -> float:
         return self.params.weight_decay

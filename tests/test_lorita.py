@@ -132,6 +132,18 @@ def test_prepare_is_deterministic_for_checkpoint_reload():
     assert torch.equal(fresh(x), trained(x))
 
 
+def test_prepare_factorizes_what_compress_truncates():
+    ctx = make_ctx(ResCNN())
+    model = LoRITa({"N": 2}).prepare(ResCNN(), ctx)
+    assert type(model.stem) is nn.Conv2d and type(model.head) is nn.Linear
+    assert isinstance(model.conv1, LoRITaConv2d) and isinstance(model.shortcut, LoRITaConv2d)
+    paper = LoRITa({"N": 2, "skip_first_conv": False, "skip_classifier": False})
+    model = paper.prepare(ResCNN(), ctx)
+    assert isinstance(model.stem, LoRITaConv2d) and isinstance(model.head, LoRITaLinear)
+    model = LoRITa({"N": 2, "exclude": ["conv2"]}).prepare(ResCNN(), ctx)
+    assert type(model.conv2) is nn.Conv2d and isinstance(model.conv1, LoRITaConv2d)
+
+
 def test_weight_decay_is_the_methods_own():
     assert LoRITa().weight_decay(5e-4) == 1e-3
     assert LoRITa({"weight_decay": 0.01}).weight_decay(5e-4) == 0.01
