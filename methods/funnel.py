@@ -15,11 +15,16 @@ Post-training. Starting from the trained dense network:
 
 The funnel function (our choice; the paper's formula is not available to us):
 f(g) = g^2 / (g^2 + eps). It is smooth, 0 at g = 0 and saturates at 1, so
-its pull dgf/dg = 2 g eps / (g^2 + eps)^2 is strongest near g ~ sqrt(eps/3)
+its pull df/dg = 2 g eps / (g^2 + eps)^2 is strongest near g ~ sqrt(eps/3)
 and fades for |g| >> sqrt(eps): gates the task does not defend are funnelled
 to zero while important ones are left alone (unlike L1, which shrinks all).
 
-Other choices of ours: the drop score is |g| by default (``score="gate"``);
+Other choices of ours: each gate is ``gate_scale`` x a parameter initialised to
+1/gate_scale (default 30). Under the harness's Adam-type optimizers a
+parameter moves about lr per step whatever its gradient, so with gate_scale 1
+a phase of a few epochs moves gates by ~0.1 and nothing is funnelled; at 30
+most gates the task does not defend reach ~0 within the phase. The drop score
+is |g| by default (``score="gate"``);
 ``score="gate_sv"`` uses |g| * s / s_max (the component's singular value
 normalised by its layer-mode's largest), which breaks the ties left by a short
 regularization phase. Each layer keeps at least one component per mode. A
@@ -326,7 +331,7 @@ class FunnelParams(BaseModel):
     lam: float = Field(default=1e-2, ge=0, description="weight of sum f(gate) in the loss")
     eps: float = Field(default=0.05, gt=0, description="funnel width: f(g)=g^2/(g^2+eps)")
     gate_scale: float = Field(
-        default=1.0, gt=0, description="gate = gate_scale x a parameter initialised to "
+        default=30.0, gt=0, description="gate = gate_scale x a parameter initialised to "
         "1/gate_scale: under Adam-type optimizers the gates move gate_scale times faster")
     score: Literal["gate", "gate_sv"] = Field(
         default="gate", description="drop order: |gate|, or |gate| x normalised singular value")
