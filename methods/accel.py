@@ -34,6 +34,7 @@ The papers fine-tune with frozen factors for speed on GPU/NPU; we measure CPU.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +62,7 @@ class AccelParams(BaseModel):
     timing_batches: list[int] = Field(default_factory=lambda: [1, 64],
                                       description="batch sizes the layer timings average over")
     timing_threads: int = Field(default=1, ge=1, description="CPU threads while timing")
+    timing_rounds: int = Field(default=3, ge=1, description="interleaved timing rounds (median)")
     speed_margin: float = Field(default=0.05, ge=0.0, lt=1.0,
                                 description="factorized must be this much faster to be used")
     skip_threshold: float = Field(default=0.8, gt=0.0, le=1.0,
@@ -163,24 +165,30 @@ def time_layer(layer: nn.Module, in_shape: tuple[int, ...], ranks: list[int],
     repeated through a network and later targets cost nothing more.
     """
     key = (_layer_key(layer, in_shape), tuple(ranks), tuple(opts.timing_batches),
-           opts.timing_threads)
+           opts.timing_threads, opts.timing_rounds)
     if key in _TIMING_CACHE:
         return _TIMING_CACHE[key]
     out = LayerTimings()
     kw = dict(threads=opts.timing_threads, warmup=3, min_runs=11, min_seconds=0.01)
     layer = layer.cpu()
-    sums = dict.fromkeys(ranks, 0.0)
-    for bs in opts.timing_batches:
-        dense = time_model(layer, in_shape, bs, **kw).median_ms
-        out.dense_ms[bs] = dense
+    facts: dict[int, nn.Module] = {}
+    for r in ranks:
+        facts[r] = LowRankLinear(layer.in_features, layer.out_features, r,
+                                 bias=layer.bias is not None) \
+            if isinstance(layer, nn.Linear) else LowRankConv2d(layer, r)
+    # Interleaved rounds, median over rounds: a busy neighbour slows every
+    # candidate of a round alike instead of deciding one comparison.
+    per_round: dict[int, list[float]] = {r: [] for r in ranks}
+    for _ in range(opts.timing_rounds):
+        rel = dict.fromkeys(ranks, 0.0)
+        for bs in opts.timing_batches:
+            dense = time_model(layer, in_shape, bs, **kw).median_ms
+            out.dense_ms[bs] = dense
+            for r in ranks:
+                rel[r] += time_model(facts[r], in_shape, bs, **kw).median_ms / max(dense, 1e-9)
         for r in ranks:
-            if isinstance(layer, nn.Linear):
-                fact = LowRankLinear(layer.in_features, layer.out_features, r,
-                                     bias=layer.bias is not None)
-            else:
-                fact = LowRankConv2d(layer, r)
-            sums[r] += time_model(fact, in_shape, bs, **kw).median_ms / max(dense, 1e-9)
-    out.relative = {r: s / len(opts.timing_batches) for r, s in sums.items()}
+            per_round[r].append(rel[r] / len(opts.timing_batches))
+    out.relative = {r: statistics.median(v) for r, v in per_round.items()}
     _TIMING_CACHE[key] = out
     return out
 
