@@ -55,8 +55,8 @@ class AccelParams(BaseModel):
     rank_multiple: int | None = Field(
         default=8, ge=1, description="round ranks to this multiple (8/16/32/64); None: off")
     rank_table: bool = Field(
-        default=False, description="time a table of candidate ranks per layer and take the "
-        "fastest within the budget (needs timing)")
+        default=False, description="time a table of candidate ranks per layer; take a "
+        "smaller rank than the budget's only across a latency step (needs timing)")
     timing: bool = Field(default=True, description="time layers on this device for the "
                          "rank table and the skip rule; off: MACs threshold only")
     timing_batches: list[int] = Field(default_factory=lambda: [1, 64],
