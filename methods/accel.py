@@ -45,6 +45,7 @@ from bench import Method, MethodContext, Target, register_method
 from bench.measure.latency import time_model
 from methods.layers import LowRankConv2d, LowRankLinear, factorize, select_layers, set_module
 from methods.layers.ranks import LayerSpectrum, RankSelection, ranks_for_knob
+from methods.layers.surgery import probe_layers
 from methods.svd import SVDParams, layer_spectra
 
 
@@ -109,21 +110,8 @@ def layer_inputs(model: nn.Module, layers: dict[str, nn.Module],
                  input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
     """Per-sample input shape of each layer (batch dimension dropped), from one forward."""
     shapes: dict[str, tuple[int, ...]] = {}
-    hooks = []
-    for path, layer in layers.items():
-        def hook(mod, inp, path=path):
-            shapes.setdefault(path, tuple(inp[0].shape[1:]))
-        hooks.append(layer.register_forward_pre_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model(torch.zeros((1, *input_shape), device=device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    probe_layers(model, layers, input_shape,
+                 lambda path, mod, inp, out: shapes.setdefault(path, tuple(inp[0].shape[1:])))
     return shapes
 
 

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from bench import Method, MethodContext, Target, register_method
 from methods.layers import LowRankLinear, select_layers, set_module, truncated_svd
+from methods.layers.surgery import probe_layers
 from methods.layers.tucker import (
     TuckerConv2d,
     tucker2,
@@ -212,26 +213,15 @@ def _positions(model: nn.Module, layers: dict[str, nn.Module],
                input_shape: tuple[int, ...]) -> dict[str, tuple[int, int]]:
     """(input positions, output positions) per sample of each layer, from one forward."""
     found: dict[str, tuple[int, int]] = {}
-    hooks = []
-    for path, layer in layers.items():
-        def hook(mod, inp, out, path=path):
-            if isinstance(mod, nn.Conv2d):
-                found[path] = (inp[0].shape[-1] * inp[0].shape[-2],
-                               out.shape[-1] * out.shape[-2])
-            else:
-                tokens = out[0].numel() // out.shape[-1]
-                found[path] = (tokens, tokens)
-        hooks.append(layer.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model(torch.zeros((1, *input_shape), device=device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+
+    def record(path, mod, inp, out):
+        if isinstance(mod, nn.Conv2d):
+            found[path] = (inp[0].shape[-1] * inp[0].shape[-2], out.shape[-1] * out.shape[-2])
+        else:
+            tokens = out[0].numel() // out.shape[-1]
+            found[path] = (tokens, tokens)
+
+    probe_layers(model, layers, input_shape, record)
     return found
 
 

@@ -70,23 +70,21 @@ def set_module(root: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def layer_positions(model: nn.Module, layers: dict[str, nn.Module],
-                    input_shape: tuple[int, ...]) -> dict[str, int]:
-    """How many times each layer's weight is applied per sample (tokens or pixels).
+def probe_layers(model: nn.Module, layers: dict[str, nn.Module], input_shape: tuple[int, ...],
+                 record) -> None:
+    """One eval-mode forward on a zero sample, calling ``record(path, module, inp, out)``.
 
-    Found with one forward pass, so MAC estimates agree with what the model runs.
+    The shared way methods learn what a layer sees per sample (positions,
+    input shapes) without relying on module order matching call order.
     """
     import torch
 
-    counts: dict[str, int] = {}
-    hooks = []
-    for path, layer in layers.items():
-        def hook(mod, inp, out, path=path):
-            if isinstance(mod, nn.Conv2d):
-                counts[path] = counts.get(path, 0) + out.shape[-1] * out.shape[-2]
-            else:
-                counts[path] = counts.get(path, 0) + out[0].numel() // out.shape[-1]
-        hooks.append(layer.register_forward_hook(hook))
+    def hook_for(path: str):
+        def hook(mod, inp, out) -> None:  # returns None: the output is never replaced
+            record(path, mod, inp, out)
+        return hook
+
+    hooks = [layer.register_forward_hook(hook_for(path)) for path, layer in layers.items()]
     was_training = model.training
     model.eval()
     try:
@@ -97,4 +95,21 @@ def layer_positions(model: nn.Module, layers: dict[str, nn.Module],
         for h in hooks:
             h.remove()
         model.train(was_training)
+
+
+def layer_positions(model: nn.Module, layers: dict[str, nn.Module],
+                    input_shape: tuple[int, ...]) -> dict[str, int]:
+    """How many times each layer's weight is applied per sample (tokens or pixels).
+
+    Found with one forward pass, so MAC estimates agree with what the model runs.
+    """
+    counts: dict[str, int] = {}
+
+    def record(path, mod, inp, out):
+        if isinstance(mod, nn.Conv2d):
+            counts[path] = counts.get(path, 0) + out.shape[-1] * out.shape[-2]
+        else:
+            counts[path] = counts.get(path, 0) + out[0].numel() // out.shape[-1]
+
+    probe_layers(model, layers, input_shape, record)
     return counts
