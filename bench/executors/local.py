@@ -91,7 +91,10 @@ class LocalExecutor(Executor):
 
     def run(self, tasks: Iterable[GroupTask], handle: Handler) -> None:
         ctx = mp.get_context("spawn")  # fork is unsafe once torch has started threads
-        events = ctx.Queue()
+        # SimpleQueue writes each event to the pipe before put() returns: a worker killed
+        # right after reporting a finished cell cannot lose that report (a Queue's feeder
+        # thread could).
+        events = ctx.SimpleQueue()
         source: Iterator[GroupTask] = iter(tasks)
         retry: deque[GroupTask] = deque()
         workers: list[_Worker] = []
@@ -140,12 +143,17 @@ class LocalExecutor(Executor):
                     w.task = None
             handle(ev)
 
+        def next_event(timeout: float) -> Event:
+            deadline = time.monotonic() + timeout
+            while events.empty():
+                if time.monotonic() >= deadline:
+                    raise queue.Empty
+                time.sleep(0.01)
+            return events.get()
+
         def drain() -> None:
-            while True:
-                try:
-                    on_event(events.get_nowait())
-                except queue.Empty:
-                    return
+            while not events.empty():
+                on_event(events.get())
 
         def bury(w: _Worker) -> None:
             """A worker died: fail the cell it was on, give the rest of its group to another."""
@@ -170,7 +178,7 @@ class LocalExecutor(Executor):
             dispatch()
             while any(w.task is not None for w in workers):
                 try:
-                    on_event(events.get(timeout=_POLL_S))
+                    on_event(next_event(_POLL_S))
                 except queue.Empty:
                     for w in list(workers):
                         if w.task is not None and not w.proc.is_alive():
