@@ -61,7 +61,7 @@ def width_overrides(model: nn.Module, w: float, round_to: int = 1) -> dict[str, 
             model.conv1[-1].out_channels // 2
         return {"channels": tuple(_scale(c, w, round_to) for c in channels),
                 "stem_width": _scale(stem, w, round_to)}
-    raise NotImplementedError(
+    raise ValueError(
         f"dense-small does not know how to narrow {type(model).__name__}; supported: the "
         "built-in mlp, timm VisionTransformer and ResNet")
 
