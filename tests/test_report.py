@@ -331,3 +331,25 @@ def test_publish_needs_reports(tmp_path, capsys):
         publish_site(tmp_path)
     assert main(["publish", "--reports", str(tmp_path)]) == 2
     assert "no suite reports" in capsys.readouterr().err
+
+
+
+def test_over_budget_entries_are_shown_but_not_ranked(tmp_path):
+    """A model that misses its budget must not win the tier it did not meet."""
+    suite_path, results = write_synthetic(tmp_path, seeds=[0], fail_one=False)
+    suite, _ = load_suite(suite_path)
+    for path in (results / "cells").glob("*.json"):
+        rec = json.loads(path.read_text())
+        if rec["method"] == XSS_METHOD and rec["target"] == {"macs": 0.5}:
+            rec["metrics"]["top1"] = 1.0  # best accuracy, but at twice the budget
+            rec["metrics"]["macs_ratio"] = 1.0
+            rec["metrics"]["budget"].update(met=False, achieved=1.0, over_by=0.5)
+            path.write_text(json.dumps(rec))
+    out = tmp_path / "report"
+    build_report(suite, results, out)
+    tier = (out / "README.md").read_text().split("### MACs ≤ 0.5× dense")[1].split("###")[0]
+    rows = [line for line in tier.splitlines() if line.startswith("| ")]
+    over = [r for r in rows if r.startswith("| over budget |")]
+    assert len(over) == 1 and "⚠ +0.500" in over[0] and "100.00" in over[0]
+    assert rows.index(over[0]) == len(rows) - 1  # listed after every ranked entry
+    assert any(r.startswith("| 1 |") or r.startswith("| =1 |") for r in rows)

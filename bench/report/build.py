@@ -136,10 +136,16 @@ def analyse_group(g: pd.DataFrame, suite_order: list[str]) -> dict:
                                                         _tier_key(kv[1][0])))
     ranked_tiers = []
     for label, members in tier_list:
-        ranks = tie_ranks([m["est"] for m in members])
-        for m, (rank, tied) in zip(members, ranks):
+        # A model over its budget is shown but never ranked: it did not compete at this tier.
+        within = [m for m in members if not m["over_budget"]]
+        over = [m for m in members if m["over_budget"]]
+        for m, (rank, tied) in zip(within, tie_ranks([m["est"] for m in within])):
             m["rank"], m["tied"] = rank, tied
-        members.sort(key=lambda m: (m["rank"], -m["est"].mean, m["method"]))
+        for m in over:
+            m["rank"], m["tied"] = None, False
+        within.sort(key=lambda m: (m["rank"], -m["est"].mean, m["method"]))
+        over.sort(key=lambda m: (-m["est"].mean, m["method"]))
+        members = within + over
         ranked_tiers.append({"label": label,
                              "title": tier_title(members[0]["metric"], members[0]["ratio"]),
                              "entries": members})
@@ -195,7 +201,8 @@ def _ci_tip(est: Estimate) -> str:
 
 def _columns(a: dict) -> list[dict]:
     cols = [
-        {"label": "rank", "tip": "rank by mean top-1; '=' marks a tie within noise"},
+        {"label": "rank", "tip": "rank by mean top-1 among models within the budget; "
+                  "'=' marks a tie within noise"},
         {"label": "method", "tip": "method label from the suite"},
         {"label": "top-1 % ↑", "tip": "test top-1, mean ± std over seeds"},
         {"label": "95% CI %", "tip": "bootstrap over seeds, or Wilson over the test set"},
@@ -224,7 +231,9 @@ def _row(e: dict, a: dict, dense: bool = False) -> dict:
         macs += f" ⚠ +{e['over_by']:.3f}"
     seeds = ", ".join(str(x) for x in e["seeds"])
     tips = ["", f"seeds {seeds}", f"{len(e['seeds'])} seed(s)", _ci_tip(e["est"]), "", "", ""]
-    cells = ["ref" if dense else ("=" if e["tied"] else "") + str(e["rank"]),
+    rank = ("over budget" if e.get("rank") is None
+            else ("=" if e.get("tied") else "") + str(e["rank"]))
+    cells = ["ref" if dense else rank,
              e["method"], acc, ci, "0.00" if dense else fmt(None if e["delta"] is None
                                                              else 100 * e["delta"], "+.2f"),
              fmt(e["params_ratio"], ".3f"), macs]
@@ -385,8 +394,10 @@ def _pivot(a: dict) -> dict:
             if e is None:
                 cells.append({"text": "", "best": False})
                 continue
-            cells.append({"text": f"{100 * e['est'].mean:.2f} ({fmt(e['macs_ratio'], '.2f')}×)",
-                          "best": e["rank"] == 1})
+            flag = " ⚠ over budget" if e["over_budget"] else ""
+            text = f"{100 * e['est'].mean:.2f} ({fmt(e['macs_ratio'], '.2f')}×){flag}"
+            cells.append({"text": text,
+                          "best": e.get("rank") == 1})
         rows.append({"method": m, "cells": cells,
                      "auc": fmt(None if auc.get(m) is None else 100 * auc[m], ".2f")})
     return {"tiers": [t["title"] for t in a["tiers"]], "rows": rows}
