@@ -60,7 +60,8 @@ def width_overrides(model: nn.Module, w: float, round_to: int = 1) -> dict[str, 
         stem = first_conv.out_channels if not isinstance(model.conv1, nn.Sequential) else \
             model.conv1[-1].out_channels // 2
         return {"channels": tuple(_scale(c, w, round_to) for c in channels),
-                "stem_width": _scale(stem, w, round_to)}
+                # timm's tiered/deep stems split stem_width (3 * (stem_width // 4)): keep >= 4
+                "stem_width": max(4, _scale(stem, w, round_to))}
     raise ValueError(
         f"dense-small does not know how to narrow {type(model).__name__}; supported: the "
         "built-in mlp, timm VisionTransformer and ResNet")

@@ -56,3 +56,18 @@ def test_dense_small_in_a_suite_meets_budget_and_trains_all_epochs(tiny_suite, w
         assert all(h < 48 for h in hidden)
         assert info["from_scratch_epochs"] == 3  # plus the suite's fine-tuning epochs
         assert m["top1"] > 0.3  # trained, not a random init (10 classes)
+
+
+def test_tiny_widths_of_a_tiered_stem_resnet_still_build():
+    """timm's tiered stem splits stem_width in quarters: a tiny multiplier must not reach 0."""
+    import torch
+
+    from bench.models import build_model
+    from methods.dense_small import width_overrides
+
+    kwargs = {"channels": [16, 32, 64, 128], "stem_width": 16}
+    model = build_model("resnet10t", 10, 3, 32, kwargs=kwargs, stem="cifar")
+    for w in (0.02, 0.1):
+        narrow = build_model("resnet10t", 10, 3, 32, kwargs=width_overrides(model, w),
+                             stem="cifar")
+        assert narrow(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
