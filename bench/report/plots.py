@@ -172,23 +172,19 @@ def group_plots(points: pd.DataFrame, batches: list[str], title: str, colors: di
                            f"accuracy vs parameters: {title}", colors, out_dir,
                            f"acc-vs-params-{stem}")
     plots.append(Plot("params", "accuracy vs parameters", png, svg))
-    if batches and points[f"cpu_{batches[0]}_ms"].notna().any():
-        b = batches[0]
-        png, svg = accuracy_vs(points, f"cpu_{b}_ms",
-                               f"measured CPU latency, batch {b[1:]}, p50 (ms, log) ↓",
-                               f"accuracy vs CPU latency: {title}", colors, out_dir,
-                               f"acc-vs-latency-{stem}", log_base=10)
-        plots.append(Plot("latency", f"accuracy vs measured CPU latency (batch {b[1:]})",
+    def latency_plot(device: str, label: str, kind: str, file_kind: str, b: str) -> None:
+        png, svg = accuracy_vs(points, f"{device}_{b}_ms",
+                               f"measured {label} latency, batch {b[1:]}, p50 (ms, log) ↓",
+                               f"accuracy vs {label} latency: {title}", colors, out_dir,
+                               f"{file_kind}-{stem}", log_base=10)
+        plots.append(Plot(kind, f"accuracy vs measured {label} latency (batch {b[1:]})",
                           png, svg))
+
+    if batches and points[f"cpu_{batches[0]}_ms"].notna().any():
+        latency_plot("cpu", "CPU", "latency", "acc-vs-latency", batches[0])
         png, svg = speedup_vs_theoretical(points, batches, f"speedup: {title}", colors,
                                           out_dir, f"speedup-{stem}")
         plots.append(Plot("speedup", "measured vs theoretical speedup", png, svg))
     if cuda_batches and points[f"cuda_{cuda_batches[0]}_ms"].notna().any():
-        b = cuda_batches[0]
-        png, svg = accuracy_vs(points, f"cuda_{b}_ms",
-                               f"measured GPU latency, batch {b[1:]}, p50 (ms, log) ↓",
-                               f"accuracy vs GPU latency: {title}", colors, out_dir,
-                               f"acc-vs-gpu-latency-{stem}", log_base=10)
-        plots.append(Plot("gpu-latency", f"accuracy vs measured GPU latency (batch {b[1:]})",
-                          png, svg))
+        latency_plot("cuda", "GPU", "gpu-latency", "acc-vs-gpu-latency", cuda_batches[0])
     return plots
