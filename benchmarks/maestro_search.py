@@ -14,7 +14,8 @@ them only within one run.
 Usage (from the repository root, one thread is the fair setting on a shared CPU)::
 
     OMP_NUM_THREADS=1 python benchmarks/maestro_search.py [--suite quick] [--models mlp]
-        [--epochs N] [--cache DIR] [--no-finetune] [--out maestro_search.json]
+        [--epochs N] [--train-subset N] [--param rank_step=0.25] [--cache DIR]
+        [--no-finetune] [--out maestro_search.json]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -64,7 +66,9 @@ def trained_model(spec: Any, data: Any, budget: dict[str, Any], params: dict[str
     method = Maestro(params)
     ctx = context(data, budget["batch_size"], seed, dense_cost)
     model = method.prepare(dense, ctx)
-    path = None if cache is None else cache / f"{spec.display}-e{budget['epochs']}-s{seed}.pt"
+    subset = data.info.get("train_subset") or len(data.train)
+    name = f"{data.name}-{spec.display}-n{subset}-e{budget['epochs']}-s{seed}.pt"
+    path = None if cache is None else cache / name
     info: dict[str, Any] = {}
     if path is not None and path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
@@ -115,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/maestro_search"),
                     help="trained models are kept here between runs")
     ap.add_argument("--searches", nargs="*", default=list(SEARCHES), choices=SEARCHES)
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a maestro parameter for both searches (YAML value)")
     ap.add_argument("--no-finetune", action="store_true")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
@@ -124,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     seed = suite.seeds[0] if args.seed is None else args.seed
     spec_m = next(m for m in suite.methods if m.name == "maestro")
     params = spec_m.param_sets()[0]
+    for item in args.param:
+        key, _, value = item.partition("=")
+        params[key] = yaml.safe_load(value)
     targets = [Target(*next(iter(t.items()))) for t in (spec_m.targets or suite.targets)]
     budget = suite.train.model_dump()
     if args.epochs is not None:
