@@ -75,7 +75,7 @@ def trained_model(spec: Any, data: Any, budget: dict[str, Any], params: dict[str
         info["train_s"] = None
     else:
         t0 = time.perf_counter()
-        train(model, data, seed=seed + 2, method=method, ctx=ctx, phase="train", **budget)
+        train(model, data, seed=seed, method=method, ctx=ctx, phase="train", **budget)
         info["train_s"] = round(time.perf_counter() - t0, 2)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

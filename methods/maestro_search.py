@@ -196,10 +196,12 @@ class RankSearch:
         try:
             if not self.path:
                 self.start()
+            seen = 0
             while True:
-                for point in self.path:
+                for point in self.path[seen:]:
                     if self.total(estimate_fixed, point["ranks"]) <= budget:
                         return point
+                seen = len(self.path)
                 self.ranks = dict(self.path[-1]["ranks"])
                 if not self.advance():
                     return self.path[-1]
