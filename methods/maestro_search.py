@@ -94,6 +94,20 @@ def val_subset(ctx: MethodContext, images: int | None, batches: int | None,
     return out
 
 
+@torch.no_grad()
+def component_effects(layer: OrderedFactorized, x: Tensor, grad: Tensor) -> Tensor:
+    """a_nb = <dloss_n/dout, U_b h_b(x_n)> summed over positions: (samples, rank)."""
+    r = layer.effective_rank()
+    v, u = layer.v[:r].detach(), layer.u[:, :r].detach()
+    if layer.is_conv:
+        h = F.conv2d(x, v.reshape(r, layer.in_channels, *layer.kernel_size),
+                     stride=layer.stride, padding=layer.padding, dilation=layer.dilation)
+        gu = torch.einsum("oc,nohw->nchw", u, grad)
+        return (gu * h).sum(dim=(2, 3))
+    h = F.linear(x, v)
+    return (grad @ u * h).reshape(len(x), -1, r).sum(dim=1)
+
+
 class RankSearch:
     """The state and path shared by both searches; subclasses choose the next cut."""
 
@@ -283,7 +297,7 @@ class FastSearch(RankSearch):
                     paths = [p for p in self.layers if p in outputs]
                     grads = torch.autograd.grad(loss, [outputs[p] for p in paths])
                 for p, g in zip(paths, grads):
-                    effects[p].append(self.component_effects(self.layers[p], inputs[p], g))
+                    effects[p].append(component_effects(self.layers[p], inputs[p], g))
                 total += float(loss.detach())
                 n += len(y)
                 inputs.clear()
@@ -305,19 +319,6 @@ class FastSearch(RankSearch):
             a = torch.cat(parts).double() if parts else torch.zeros(1, self.ranks[p])
             s = torch.cat([a.flip(1).cumsum(1).flip(1), a.new_zeros(len(a), 1)], dim=1)
             self.curves[p] = (-s + 0.5 * s * s).mean(dim=0).tolist()
-
-    @torch.no_grad()
-    def component_effects(self, layer: OrderedFactorized, x: Tensor, grad: Tensor) -> Tensor:
-        """a_nb = <dloss_n/dout, U_b h_b(x_n)> summed over positions: (samples, rank)."""
-        r = layer.effective_rank()
-        v, u = layer.v[:r].detach(), layer.u[:, :r].detach()
-        if layer.is_conv:
-            h = F.conv2d(x, v.reshape(r, layer.in_channels, *layer.kernel_size),
-                         stride=layer.stride, padding=layer.padding, dilation=layer.dilation)
-            gu = torch.einsum("oc,nohw->nchw", u, grad)
-            return (gu * h).sum(dim=(2, 3))
-        h = F.linear(x, v)
-        return (grad @ u * h).reshape(len(x), -1, r).sum(dim=1)
 
     def advance(self) -> bool:
         cost = sum(self.layer_cost(p, r) for p, r in self.ranks.items())
