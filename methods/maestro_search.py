@@ -312,7 +312,8 @@ class FastSearch(RankSearch):
         self.anchor_loss = total / max(n, 1)
         self.anchor_cost = sum(self.layer_cost(p, r) for p, r in self.ranks.items())
         if self.path and self.path[-1]["ranks"] == self.ranks:  # the prediction, now measured
-            self.path[-1].update(val_loss=self.anchor_loss, measured=True)
+            point = self.path[-1]
+            point.update(predicted=point["val_loss"], val_loss=self.anchor_loss, measured=True)
         for p, parts in effects.items():
             # s[:, c] = sum_{b >= c} a_nb: the first-order change of each sample's loss
             # when the layer goes from its anchor rank to c; curve[c] its Taylor prediction
