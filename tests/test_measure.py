@@ -359,3 +359,12 @@ def test_selfcheck_runs_and_reports(capsys):
                            "--min-runs", "3", "--min-seconds", "0.01", "--warmup", "1"]) == 0
     out = capsys.readouterr().out
     assert "CV of median" in out and "ours / autorange" in out
+
+
+def test_selfcheck_a_a_prints_speedup_with_interval(capsys):
+    from bench.measure import selfcheck
+
+    assert selfcheck.main(["--model", "mlp", "--batches", "1", "--rounds", "6", "--calls", "2",
+                           "--warmup", "1", "--aa-only"]) == 0
+    out = capsys.readouterr().out
+    assert "A/A b1: speedup" in out and "over 6 rounds" in out and "blocked_autorange" not in out

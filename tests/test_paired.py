@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.measure.paired import bootstrap_median_ci, speedup_stats, time_paired
+from bench.measure.selfcheck import aa_check
 
 
 class Twice(nn.Module):
@@ -101,11 +102,11 @@ def test_speedup_statistics_and_deterministic_bootstrap():
 
 
 def test_a_a_interval_covers_one_on_a_tiny_model():
+    """``python -m bench.measure.selfcheck``'s A/A: the model against its own deep copy."""
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
 
     def measure() -> dict:
-        return time_paired(model, copy.deepcopy(model), (32,), [1, 16], threads=1, rounds=30,
-                           calls=5)
+        return aa_check(model, (32,), [1, 16], threads=1, rounds=30, calls=5, warmup=3)
 
     def ok(out: dict) -> bool:
         return all(e["speedup"]["ci_low"] <= 1.0 <= e["speedup"]["ci_high"]
