@@ -12,7 +12,10 @@ cores than idle. Two remedies, both applied before any work starts:
 - training threads from the cores actually free: the cores this process may
   use (``sched_getaffinity``) minus the 1-minute load average (other work),
   rounded, split between worker processes, at least 1
-  (:func:`training_threads`). ``LOWRANK_BENCH_THREADS`` overrides the choice.
+  (:func:`training_threads`). ``LOWRANK_BENCH_THREADS``, else ``OMP_NUM_THREADS``,
+  overrides the choice. A serial run applies it in its own process for the
+  run's duration (:func:`apply_training_threads`); ``--jobs N`` workers get it
+  at start (bench.executors.local).
 
 Latency timing is not affected: it always runs with the suite's fixed,
 recorded ``latency.threads``.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 OVERRIDE_ENV = "LOWRANK_BENCH_THREADS"
@@ -78,15 +82,40 @@ def training_threads(cpus: int, load: float | None, jobs: int = 1, own_load: flo
     return max(1, min(cpus // jobs or 1, per_worker))
 
 
+def threads_override() -> tuple[str, str] | None:
+    """(variable, value) of the user's explicit thread setting, if any."""
+    for name in (OVERRIDE_ENV, "OMP_NUM_THREADS"):
+        if os.environ.get(name):
+            return name, os.environ[name]
+    return None
+
+
 def choose_training_threads(jobs: int = 1, own_load: float = 0.0) -> tuple[int, str]:
     """:func:`training_threads` on this machine now, and a line saying why."""
     cpus, load = available_cpus(), load_1m()
-    override = os.environ.get(OVERRIDE_ENV)
-    threads = training_threads(cpus, load, jobs, own_load, override)
+    override = threads_override()
+    threads = training_threads(cpus, load, jobs, own_load, override and override[1])
     if override:
-        why = f"{OVERRIDE_ENV}={override}"
+        why = f"{override[0]}={override[1]}"
     else:
         shown = "unknown" if load is None else f"{load:.2f}"
         why = f"{cpus} cores, load {shown}, {jobs} worker(s)"
     return threads, f"training threads per worker: {threads} ({why}; " \
                     f"{WAIT_POLICY_ENV}={os.environ.get(WAIT_POLICY_ENV, 'unset')})"
+
+
+def apply_training_threads(executor_threads: int | None,
+                           say: Callable[[str], None] | None = None) -> Callable[[], None]:
+    """For a run whose cells train in this process (``executor_threads`` None): set torch's
+    threads from :func:`choose_training_threads`; returns the function that restores them.
+    Executors with their own workers set the workers' threads themselves: nothing to do."""
+    if executor_threads is not None:
+        return lambda: None
+    import torch
+
+    old = torch.get_num_threads()
+    threads, why = choose_training_threads()
+    torch.set_num_threads(threads)
+    if say is not None:
+        say(why)
+    return lambda: torch.set_num_threads(old)

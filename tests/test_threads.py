@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bench.executors.local import LocalExecutor
-from bench.threads import OVERRIDE_ENV, training_threads
+from bench.threads import OVERRIDE_ENV, apply_training_threads, training_threads
 
 
 def test_training_threads_from_free_cores():
@@ -35,9 +35,27 @@ def test_override_wins_and_bad_override_is_named():
 
 def test_local_executor_threads(monkeypatch):
     monkeypatch.delenv(OVERRIDE_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert LocalExecutor(jobs=2, cpus=16).threads == 8  # fixed split when cpus are given
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert LocalExecutor(jobs=2, cpus=16).threads == 1  # the user's explicit setting
     monkeypatch.setenv(OVERRIDE_ENV, "3")
     assert LocalExecutor(jobs=2).threads == 3
+
+
+def test_serial_run_sets_threads_for_its_duration_only(monkeypatch):
+    import torch
+
+    monkeypatch.delenv(OVERRIDE_ENV, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    lines: list[str] = []
+    restore = apply_training_threads(None, lines.append)
+    assert torch.get_num_threads() == 1 and "OMP_NUM_THREADS=1" in lines[0]
+    restore()
+    assert torch.get_num_threads() == before
+    apply_training_threads(4, lines.append)()  # workers set their own: nothing happens
+    assert len(lines) == 1
 
 
 def _policy_after_import(env: dict) -> str:

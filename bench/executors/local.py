@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.executors.base import Event, Executor, GroupTask, Handler
-from bench.threads import OVERRIDE_ENV, available_cpus, load_1m, training_threads
+from bench.threads import available_cpus, load_1m, threads_override, training_threads
 
 _POLL_S = 0.5
 
@@ -86,7 +86,7 @@ class LocalExecutor(Executor):
         # cpus given: a fixed split (no load reading); else the cores free right now
         load = None if cpus is not None else load_1m()
         self._threads = training_threads(cpus or available_cpus(), load, self.jobs,
-                                         override=os.environ.get(OVERRIDE_ENV))
+                                         override=(threads_override() or ("", None))[1])
 
     @property
     def threads(self) -> int:
