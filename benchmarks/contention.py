@@ -1,8 +1,8 @@
 """Does a run slow down in proportion to the load, not 6x? Idle vs one busy loop per core.
 
-    python benchmarks/contention.py                      # the quick suite, idle then loaded
-    python benchmarks/contention.py --micro              # a short training loop per setting
-    python benchmarks/contention.py --micro --steps 20 --busy 0   # smoke run
+    python -m benchmarks.contention                      # the quick suite, idle then loaded
+    python -m benchmarks.contention --micro              # a short training loop per setting
+    python -m benchmarks.contention --micro --steps 20 --busy 0   # smoke run
 
 Suite mode runs ``python -m bench.cli run SUITE`` into a fresh temporary
 results directory (nothing reused), once on the machine as it is and once with
