@@ -120,18 +120,21 @@ def test_a_a_interval_covers_one_on_a_tiny_model():
 
 
 def test_a_model_twice_as_slow_reads_half_within_its_interval():
-    inner = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512))
+    # ~0.3 ms per call on one thread: long enough that Python overhead is small, short
+    # enough that a call is rarely preempted on a loaded machine (the round median skips
+    # the calls that were)
+    inner = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256))
     slow, ref = Twice(inner), copy.deepcopy(inner)
 
     def measure() -> dict:
-        return time_paired(slow, ref, (512,), [64], threads=1, rounds=16, calls=3)["b64"]
+        return time_paired(slow, ref, (256,), [32], threads=1, rounds=30, calls=5)["b32"]
 
     def ok(e: dict) -> bool:
         s = e["speedup"]
-        return abs(s["median"] - 0.5) <= 0.05 and s["ci_low"] - 0.02 <= 0.5 <= s["ci_high"] + 0.02
+        return abs(s["median"] - 0.5) <= 0.06 and s["ci_low"] - 0.03 <= 0.5 <= s["ci_high"] + 0.03
 
     e = with_retry(measure, ok)
     s = e["speedup"]
-    assert abs(s["median"] - 0.5) <= 0.05, s
-    assert s["ci_low"] - 0.02 <= 0.5 <= s["ci_high"] + 0.02, s  # tolerance: wrapper, caches
+    assert abs(s["median"] - 0.5) <= 0.06, s
+    assert s["ci_low"] - 0.03 <= 0.5 <= s["ci_high"] + 0.03, s  # tolerance: wrapper, caches
     assert e["model"]["p50_ms"] > 1.6 * e["reference"]["p50_ms"]
