@@ -34,6 +34,8 @@ The papers fine-tune with frozen factors for speed on GPU/NPU; we measure CPU.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import statistics
 from dataclasses import dataclass, field
 
@@ -44,7 +46,7 @@ from torch import nn
 from bench import Method, MethodContext, Target, register_method
 from bench.measure.latency import time_model
 from methods.layers import LowRankConv2d, LowRankLinear, factorize, select_layers, set_module
-from methods.layers.ranks import LayerSpectrum, RankSelection, ranks_for_knob
+from methods.layers.ranks import LayerSpectrum, RankSelection, pick_rank_rule, ranks_for_knob
 from methods.layers.surgery import probe_layers
 from methods.svd import SVDParams, layer_spectra
 
@@ -494,12 +496,17 @@ class SVDAccel(Method):
         if target is None:
             return model
         p: SVDAccelParams = self.params
-        layers = select_layers(model, p.include or None, p.exclude or None,
-                               p.skip_first_conv, p.skip_classifier)
-        model = decompose_accel(model, target, ctx, layers, p.rank_selection, p)
-        if p.merge_layers:
-            ctx.record("merged_layers", merge_linear_chains(model))
-        return model
+
+        def build(rule: RankSelection) -> tuple[nn.Module, dict]:
+            trial, sub = copy.deepcopy(model), dataclasses.replace(ctx, info={})
+            layers = select_layers(trial, p.include or None, p.exclude or None,
+                                   p.skip_first_conv, p.skip_classifier)
+            trial = decompose_accel(trial, target, sub, layers, rule, p)
+            if p.merge_layers:
+                sub.record("merged_layers", merge_linear_chains(trial))
+            return trial, sub.info
+
+        return pick_rank_rule(p.rank_selection, build, ctx)
 
     def before_step(self, model: nn.Module, ctx: MethodContext) -> None:
         if self.freezer is not None:
