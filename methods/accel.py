@@ -46,17 +46,21 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from bench import Method, MethodContext, Target, register_method
 from methods.accel_ablation import ablation_record
 from methods.layers import LowRankConv2d, LowRankLinear, factorize, select_layers, set_module
+from methods.layers.freezing import SequentialFreezer, factor_pairs
+from methods.layers.merging import merge_linear_chains, merge_maps
 from methods.layers.paired_timing import LayerTimings, paired_timings
 from methods.layers.ranks import LayerSpectrum, RankSelection, pick_rank_rule, ranks_for_knob
 from methods.layers.surgery import probe_layers
 from methods.svd import SVDParams, decompose_to_budget, layer_spectra
+
+__all__ = ["AccelParams", "SVDAccel", "SequentialFreezer", "decompose_accel", "factor_pairs",
+           "merge_linear_chains", "merge_maps", "quantize_rank"]
 
 Technique = Literal["rounding", "top_up", "skip", "freezing", "merging"]
 TECHNIQUES: tuple[Technique, ...] = ("rounding", "top_up", "skip", "freezing", "merging")
@@ -354,134 +358,6 @@ def decompose_accel(model: nn.Module, target: Target, ctx: MethodContext,
         ctx.logger.warning("%s budget %s not reachable: %.4f of dense", metric, target.label,
                            achieved / reference)
     return model
-
-
-# -- layer merging --------------------------------------------------------------------
-
-def _linear_maps(module: nn.Module) -> list[nn.Linear] | None:
-    if type(module) is nn.Linear:
-        return [module]
-    if isinstance(module, LowRankLinear):
-        return [module.first, module.second]
-    return None
-
-
-def _transparent(module: nn.Module) -> bool:
-    return isinstance(module, nn.Identity) or (isinstance(module, nn.Dropout) and module.p == 0)
-
-
-def merge_maps(maps: list[nn.Linear]) -> nn.Module:
-    """One module computing maps[-1](...maps[0](x)): dense or a pair through the narrowest width."""
-    dims = [maps[0].in_features] + [m.out_features for m in maps]
-    inner = min(range(1, len(dims) - 1), key=lambda i: dims[i])
-
-    def compose(chain: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        w = chain[0].weight.detach().double()
-        b = None if chain[0].bias is None else chain[0].bias.detach().double()
-        for m in chain[1:]:
-            mw = m.weight.detach().double()
-            w = mw @ w
-            b = None if b is None else mw @ b
-            if m.bias is not None:
-                b = m.bias.detach().double() if b is None else b + m.bias.detach().double()
-        return w, b
-
-    d0, dm, dn = dims[0], dims[inner], dims[-1]
-    dtype, device = maps[0].weight.dtype, maps[0].weight.device
-    if d0 * dn <= dm * (d0 + dn):
-        w, b = compose(maps)
-        out = nn.Linear(d0, dn, bias=b is not None)
-        with torch.no_grad():
-            out.weight.copy_(w.to(dtype))
-            if b is not None:
-                out.bias.copy_(b.to(dtype))
-        return out.to(device)
-    w1, b1 = compose(maps[:inner])
-    w2, b2 = compose(maps[inner:])
-    if b1 is not None:  # push the inner bias through the second half
-        b2 = w2 @ b1 if b2 is None else b2 + w2 @ b1
-    out = LowRankLinear.from_factors(w1.to(dtype), w2.to(dtype),
-                                     None if b2 is None else b2.to(dtype))
-    return out.to(device)
-
-
-def merge_linear_chains(model: nn.Module) -> int:
-    """Merge runs of linear maps inside every nn.Sequential, in place; returns merges done."""
-    merged = 0
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        names = list(seq._modules)
-        i = 0
-        while i < len(names):
-            maps = _linear_maps(seq._modules[names[i]])
-            if maps is None:
-                i += 1
-                continue
-            run, j = [names[i]], i + 1
-            chain = list(maps)
-            while j < len(names):
-                mod = seq._modules[names[j]]
-                nxt = _linear_maps(mod)
-                if nxt is not None:
-                    chain += nxt
-                    run.append(names[j])
-                elif not _transparent(mod):
-                    break
-                j += 1
-            linears = [n for n in run if _linear_maps(seq._modules[n]) is not None]
-            if len(linears) > 1:
-                seq._modules[run[0]] = merge_maps(chain)
-                for n in run[1:]:
-                    seq._modules[n] = nn.Identity()
-                merged += len(linears) - 1
-            i = j
-    return merged
-
-
-# -- sequential freezing --------------------------------------------------------------
-
-def factor_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-    """(first, second) of every decomposed pair: modules with ``first``/``second`` children."""
-    pairs = []
-    for m in model.modules():
-        a, b = getattr(m, "first", None), getattr(m, "second", None)
-        if isinstance(a, nn.Module) and isinstance(b, nn.Module):
-            pairs.append((a, b))
-    return pairs
-
-
-class SequentialFreezer:
-    """Alternates which factor of each pair trains, during fine-tuning only.
-
-    Freezing is by ``requires_grad``: the optimizer is built with every
-    parameter before the first step, and SGD/Adam(W) skip a parameter whose
-    gradient is None, so a frozen factor is neither stepped nor decayed.
-    """
-
-    def __init__(self, every: int = 1, unit: str = "epoch"):
-        self.every, self.unit = every, unit
-        self.frozen: str | None = None
-
-    def turn(self, ctx: MethodContext) -> str:
-        tick = ctx.epoch if self.unit == "epoch" else ctx.step
-        return "first" if (tick // self.every) % 2 == 0 else "second"
-
-    def apply(self, model: nn.Module, frozen: str | None) -> None:
-        for first, second in factor_pairs(model):
-            for name, mod in (("first", first), ("second", second)):
-                for p in mod.parameters():
-                    p.requires_grad_(name != frozen)
-        self.frozen = frozen
-
-    def before_step(self, model: nn.Module, ctx: MethodContext) -> None:
-        if ctx.phase != "finetune":
-            return
-        want = self.turn(ctx)
-        if want != self.frozen:
-            self.apply(model, want)
-
-    def on_epoch_end(self, model: nn.Module, ctx: MethodContext) -> None:
-        if ctx.phase == "finetune" and ctx.epoch >= ctx.epochs - 1:
-            self.apply(model, None)  # hand back a fully trainable model
 
 
 # -- the method -----------------------------------------------------------------------
