@@ -165,10 +165,6 @@ def monarch_slots(model: nn.Module, p: MonarchParams,
     return slots
 
 
-# kept for callers of the Linear-only name
-linear_slots = monarch_slots
-
-
 def apply_nblocks(model: nn.Module, slots: list[Slot], nblocks: int) -> dict[str, float]:
     """Project every slot that gets cheaper at ``nblocks``; return relative projection errors."""
     errors = {}
@@ -284,8 +280,16 @@ class MonarchScratch(Method):
         if p.train_ratio is not None:
             now = ctx.measure(model).get(p.train_metric)
             reference = ctx.dense_cost.get(p.train_metric) if ctx.dense_cost else now
-            nblocks = smallest_meeting(slots, nblocks_candidates(slots, 2, p.max_nblocks), now,
-                                       p.train_metric, p.train_ratio * reference) or nblocks
+            candidates = nblocks_candidates(slots, 2, p.max_nblocks)
+            budget = p.train_ratio * reference
+            nblocks = smallest_meeting(slots, candidates, now, p.train_metric, budget) or nblocks
+            cheapest = min(predicted_costs(slots, candidates, now, p.train_metric).values(),
+                           default=now)
+            if p.per_target and cheapest > budget:  # do not train a model that cannot reach it
+                raise NotApplicableError(
+                    f"monarch-scratch cannot reach {p.train_metric}<={p.train_ratio:g}: "
+                    f"{len(slots)} selectable layer(s), the cheapest nblocks gives "
+                    f"{cheapest / reference:.4f} of dense {p.train_metric}")
         replaced = []
         for sl in slots:
             if sl.weights_at(nblocks) is None:

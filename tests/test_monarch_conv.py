@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bench.measure import count_macs, count_params, measure_cost
-from bench.method import MethodContext, Target
+from bench.method import MethodContext, NotApplicableError, Target
 from methods.layers import set_module
 from methods.layers.monarch_conv import MonarchConv2d, monarch_conv_weights
 from methods.monarch import Monarch, MonarchScratch
@@ -165,3 +165,18 @@ def test_monarch_scratch_trains_conv_form_at_the_target():
     out = method.compress(prepared, Target("macs", 0.25), ctx)
     assert ctx.info["trained_for"] == {"macs": 0.25} and not ctx.info["reprojected"]
     assert out(torch.randn(2, *SHAPE)).shape == (2, 10)
+
+
+def test_monarch_scratch_does_not_train_for_an_unreachable_target():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(32 * 6 * 6, 64), nn.ReLU(),
+                          nn.Linear(64, 10))
+    ctx = make_ctx(model, (1, 8, 8))
+    params = MonarchScratch.params_for_target({"convs": False}, {"macs": 0.25})
+    with pytest.raises(NotApplicableError, match=r"cannot reach macs<=0.25"):
+        MonarchScratch(params).prepare(copy.deepcopy(model), ctx)
+    # with convs the same target is reachable
+    params = MonarchScratch.params_for_target({}, {"macs": 0.25})
+    prepared = MonarchScratch(params).prepare(copy.deepcopy(model), ctx)
+    assert measure_cost(prepared, (1, 8, 8)).macs <= 0.25 * ctx.dense_cost.macs
