@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from methods.layers.ranks import val_scores
+from methods.layers.ranks import has_val_data, val_scores
 
 # cumulative stages: name -> techniques on
 STAGES: tuple[tuple[str, list[str]], ...] = (
@@ -36,10 +36,11 @@ def ablation_record(stage: Callable[[list[str]], nn.Module], ctx: Any,
     """Figures of every stage; ``stage(techniques)`` compresses a fresh copy of the model."""
     rows = []
     dense = ctx.dense_cost
+    with_val = has_val_data(ctx)
     for name, techniques in STAGES:
         model = stage(list(techniques))
         cost = ctx.measure(model)
-        sc = val_scores(model, ctx.val_batches(), ctx.device)
+        sc = val_scores(model, ctx.val_batches(), ctx.device) if with_val else None
         rows.append({
             "stage": name, "techniques": list(techniques),
             "val_top1": None if sc is None else sc[0],

@@ -175,3 +175,13 @@ def test_techniques_switch_each_part_off(trained):
     method.compress(copy.deepcopy(model), Target("macs", 0.3), ctx)
     assert all(r % 8 == 0 for r in ctx.info["ranks"].values() if r is not None)
     assert method.freezer is None and SVDAccel().freezer is not None
+
+
+def test_library_api_without_data_still_compresses():
+    import bench
+
+    out = bench.compress(mlp(), "svd-accel", macs=0.5, example_input=torch.randn(1, 1, 8, 8),
+                         method_params={"timing": False})
+    assert out.macs_ratio <= 0.5
+    assert out.info["rank_rule_choice"]["chosen"] == "local"
+    assert all(row["val_top1"] is None for row in out.info["accel_ablation"]["stages"])

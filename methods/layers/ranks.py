@@ -153,12 +153,15 @@ def pick_rank_rule(selection: RankRule,
     ``build(rule)`` returns a freshly compressed model (the caller's model
     untouched) and the facts it recorded; the chosen rule's facts go into
     ``ctx.info``, and ``rank_rule_choice`` says what was chosen and from what.
-    Without validation data ``auto`` falls back to ``local`` and says so.
+    Without validation data (none, or a context that has no split to give)
+    ``auto`` falls back to ``local`` and says so.
     """
-    if selection != "auto":
-        model, info = build(selection)
+    if selection != "auto" or not has_val_data(ctx):
+        rule: RankSelection = "local" if selection == "auto" else selection
+        model, info = build(rule)
         ctx.info.update(info)
-        ctx.record("rank_rule_choice", {"chosen": selection, "basis": "set in the suite"})
+        basis = "set in the suite" if selection != "auto" else "no validation data: local"
+        ctx.record("rank_rule_choice", {"chosen": rule, "basis": basis})
         return model
     scores: dict[str, dict[str, float] | None] = {}
     best: tuple | None = None  # (key, rule, model, info)
@@ -170,10 +173,18 @@ def pick_rank_rule(selection: RankRule,
         if best is None or key > best[0]:
             best = (key, rule, model, info)
     assert best is not None
-    _, rule, model, info = best
-    # without validation data every key ties and the first rule (local) stays
-    basis = "no validation data: local" if all(v is None for v in scores.values()) \
-        else "best validation top-1 before fine-tuning"
+    _, chosen, model, info = best
     ctx.info.update(info)
-    ctx.record("rank_rule_choice", {"chosen": rule, "basis": basis, "rules": scores})
+    ctx.record("rank_rule_choice", {"chosen": chosen, "rules": scores,
+                                    "basis": "best validation top-1 before fine-tuning"})
     return model
+
+
+def has_val_data(ctx: Any) -> bool:
+    """Whether ``ctx`` yields at least one validation batch (a context without a split
+    to give, such as the library API without data, raises ValueError when asked)."""
+    try:
+        batches = iter(ctx.val_batches())
+    except ValueError:
+        return False
+    return next(batches, None) is not None
