@@ -51,3 +51,17 @@ def test_compress_refuses_train_methods_and_bad_budgets():
 def test_compress_without_data_says_what_is_missing():
     with pytest.raises(ValueError, match="pass data="):
         bench.compress(_mlp(), "funnel", macs=0.5, example_input=torch.randn(1, 1, 8, 8))
+
+
+def test_readme_plugin_example_runs():
+    text = README.read_text()
+    section = text.split("## Adding a method plugin", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    from bench.plugins import METHODS
+
+    try:
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme_plugin"})
+        assert "uniform-svd" in METHODS
+    finally:
+        METHODS._items.pop("uniform-svd", None)
+        METHODS._origin.pop("uniform-svd", None)
