@@ -381,9 +381,7 @@ class SVDAccel(Method):
         self.freezer = SequentialFreezer(p.freeze_every, p.freeze_unit) \
             if p.uses("freezing") else None
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
-        if target is None:
-            return model
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         p: SVDAccelParams = self.params
 
         def build(rule: RankSelection, opts: SVDAccelParams = p,

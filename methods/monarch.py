@@ -241,9 +241,7 @@ class Monarch(Method):
     description = ("Frobenius-optimal Monarch projection of Linear layers and (our extension) "
                    "convs as grouped conv + channel shuffle + grouped 1x1")
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
-        if target is None:
-            return model
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         p: MonarchParams = self.params
         slots = monarch_slots(model, p, ctx.input_shape)
         return monarch_to_budget(model, target, ctx, slots,
@@ -303,9 +301,7 @@ class MonarchScratch(Method):
                    else {p.train_metric: p.train_ratio})
         return model
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
-        if target is None:
-            return model
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         p: MonarchScratchParams = self.params
         trained = trained_nblocks(model)
         if ctx.budget_met(model, target):

@@ -114,8 +114,6 @@ class SVD(Method):
     Params = SVDParams
     description = "truncated SVD per layer, deployed as two thin layers"
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
-        if target is None:
-            return model
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         p: SVDParams = self.params
         return svd_to_budget(model, target, ctx, p.select, p.rank_selection)

@@ -152,7 +152,9 @@ class CellPipeline:
         model = copy.deepcopy(source)
         t0 = time.perf_counter()
         seed_everything(cell.seed)
-        model = method.compress(model, cell.target_obj, ctx).to(st.device)
+        target = cell.target_obj
+        model = (method.compress(model, target, ctx) if target is not None
+                 else method.uncompressed(model, ctx)).to(st.device)
         cost["compress_s"] = time.perf_counter() - t0
         ft_seconds = 0.0
         if cell.target is not None and cell.finetune.epochs > 0:
