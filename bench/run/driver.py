@@ -24,6 +24,7 @@ from bench.run.stages import GroupStages, default_device
 from bench.run.worker import execute_group, load_cell_dataset
 from bench.store import Locked, ResultStore
 from bench.suite import Suite
+from bench.threads import apply_training_threads
 
 
 @dataclass
@@ -31,6 +32,7 @@ class RunSummary:
     total: int = 0
     skipped: int = 0
     ok: int = 0
+    not_applicable: int = 0  # cells a method cannot reach: recorded, not failures
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)  # cell, error type, message
@@ -42,7 +44,7 @@ class RunSummary:
 
     @property
     def computed(self) -> int:
-        return self.ok + len(self.failed)
+        return self.ok + self.not_applicable + len(self.failed)
 
 
 class Driver:
@@ -156,6 +158,9 @@ class Driver:
             self.write(f"{n} {cell.describe()}: top1 {m['top1']:.4f} "
                        f"params x{m['params_ratio']:.3f} macs x{m['macs_ratio']:.3f}{timing} "
                        f"({record['cost'].get('cell_s', 0.0):.1f}s)")
+        elif record.get("status") == "not_applicable":
+            self.summary.not_applicable += 1
+            self.write(f"{n} {cell.describe()}: not applicable: {record.get('reason')}")
         else:
             err = record.get("error", {})
             self.summary.failed.append(cell.describe())
@@ -260,6 +265,7 @@ def run_suite(suite: Suite, results_dir: str | Path, *, device: torch.device | N
         + (f", {n_pending} trained and waiting for timing" if n_pending else "")
         + f"); executor: {ex.describe()}")
     device = device or default_device()
+    restore_threads = apply_training_threads(ex.threads, say)
     groups = [(content_hash(list(key)), g) for key, g in group_cells(todo).items()]
     with SuiteProgress(len(todo), suite.name) as progress:
         if not progress.enabled:
@@ -283,6 +289,7 @@ def run_suite(suite: Suite, results_dir: str | Path, *, device: torch.device | N
                     time.sleep(wait_poll_s)
         finally:
             driver.release()
+            restore_threads()
     summary.seconds = time.perf_counter() - started
     return summary
 
