@@ -6,8 +6,12 @@ Post-training. Starting from the trained dense network:
    its channel modes (HOSVD: 1x1 in->R1, k x k core R1->R2, 1x1 R2->out; see
    methods.layers.tucker), each selected Linear by SVD (in->r->out).
 2. Put a learnable gate on every rank component (each of R1 and R2 for a
-   conv, r for a Linear), initialised to 1, and train for ``reg_epochs`` with
-   the harness's loop: cross-entropy + lam * sum_g f(g) over all gates.
+   conv, r for a Linear), initialised to 1, and train with the harness's loop:
+   cross-entropy + lam * sum_g f(g) over all gates. This phase is part of the
+   suite's fine-tune budget (``reg_epochs``, default half of it; the harness
+   fine-tunes for the rest), with the fine-tune settings unless the declared
+   ``reg_lr`` / ``reg_schedule`` / ``reg_warmup_epochs`` set its own; its
+   schedule always spans the phase alone.
 3. Drop the components with the smallest scores across the whole network
    (never layer by layer) until the model meets the budget, fold the gates
    into the adjacent weights and deploy plain convs / linears. The harness
@@ -317,7 +321,18 @@ def smallest_drop(gated: dict[str, nn.Module], order: list[Component], metric: s
 
 class FunnelParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reg_epochs: int = Field(default=3, ge=0, description="epochs of the gate regularization")
+    reg_epochs: float | None = Field(
+        default=None, ge=0, description="length of the gate regularization in epochs, taken "
+        "out of the suite's fine-tune budget (None: half of it)")
+    reg_lr: float | None = Field(
+        default=None, gt=0, description="learning rate of the regularization phase (None: the "
+        "suite's fine-tune lr)")
+    reg_schedule: Literal["cosine", "constant"] | None = Field(
+        default=None, description="lr schedule over the regularization phase alone (None: the "
+        "suite's fine-tune schedule)")
+    reg_warmup_epochs: float | None = Field(
+        default=None, ge=0, description="warm-up epochs of the regularization phase (None: "
+        "the suite's fine-tune warm-up)")
     lam: float = Field(default=1e-2, ge=0, description="weight of sum f(gate) in the loss")
     eps: float = Field(default=0.05, gt=0, description="funnel width: f(g)=g^2/(g^2+eps)")
     gate_scale: float = Field(
@@ -368,6 +383,41 @@ class Funnel(Method):
             return None
         return p.lam * funnel_penalty(torch.cat(gates), p.eps)
 
+    def regularize(self, model: nn.Module, ctx: MethodContext) -> None:
+        """The gate regularization phase: part of the suite's fine-tune budget.
+
+        Its steps are taken out of the fine-tune budget (the harness fine-tunes
+        for the rest); its lr, schedule and warm-up are the suite's fine-tune
+        settings unless the declared ``reg_*`` parameters set them. Without a
+        suite budget in ``ctx`` (direct use), it runs ``reg_epochs`` (default 1)
+        whole epochs.
+        """
+        p: FunnelParams = self.params
+        overrides: dict = {}
+        declared: dict[str, str] = {}
+        for setting, name in (("lr", "reg_lr"), ("schedule", "reg_schedule"),
+                              ("warmup_epochs", "reg_warmup_epochs")):
+            if getattr(p, name) is not None:
+                overrides[setting], declared[setting] = getattr(p, name), name
+        if not ctx.budget:
+            epochs = round(p.reg_epochs) if p.reg_epochs is not None else 1
+            if epochs > 0:
+                ctx.train(model, epochs=epochs, method=self, phase="funnel", declared=declared,
+                          **overrides)
+            return
+        finetune_epochs = float(ctx.budget["finetune"]["epochs"])
+        epochs = finetune_epochs / 2 if p.reg_epochs is None else p.reg_epochs
+        steps = round(epochs * ctx.steps_per_epoch("finetune"))
+        if steps > ctx.budget_steps("finetune"):
+            raise ValueError(
+                f"funnel: params.reg_epochs {p.reg_epochs} exceeds the suite's fine-tune budget "
+                f"of {finetune_epochs:g} epochs; the regularization phase is part of that budget"
+                " (allowed: 0 to the fine-tune epochs)")
+        ctx.record("reg_steps", steps)
+        if steps > 0:
+            ctx.train(model, method=self, phase="funnel", steps=steps, declared=declared,
+                      **overrides)
+
     def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
         if target is None:
             return model
@@ -381,8 +431,7 @@ class Funnel(Method):
             for path, layer in layers.items())
         others = dense_now - selected_dense
         gated = gate_model(model, layers, ctx.input_shape, p.gate_scale)
-        if p.reg_epochs > 0:
-            ctx.train(model, epochs=p.reg_epochs, method=self, phase="funnel")
+        self.regularize(model, ctx)
         n = select_to_budget(model, gated, target, ctx, p.score, others)
         record_gates(ctx, gated, n)
         model = deploy(model, target.metric)

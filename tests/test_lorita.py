@@ -144,9 +144,11 @@ def test_prepare_factorizes_what_compress_truncates():
     assert type(model.conv2) is nn.Conv2d and isinstance(model.conv1, LoRITaConv2d)
 
 
-def test_weight_decay_is_the_methods_own():
-    assert LoRITa().weight_decay(5e-4) == 1e-3
+def test_weight_decay_is_the_suites_unless_declared():
+    assert LoRITa().weight_decay(5e-4) == 5e-4
+    assert LoRITa().params.weight_decay is None
     assert LoRITa({"weight_decay": 0.01}).weight_decay(5e-4) == 0.01
+    assert LoRITa.declares == {"weight_decay": "weight_decay"}
 
 
 @pytest.mark.parametrize("builder", [mlp, ResCNN, vit], ids=["mlp", "rescnn", "vit"])
