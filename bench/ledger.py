@@ -191,3 +191,19 @@ def count_optimizer_steps() -> Iterator[StepCounter]:
         yield counter
     finally:
         handle.remove()
+
+
+# -- for the runner: a cell's budgets and ledger -----------------------------------------
+
+
+def cell_budgets(cell: Any) -> dict[str, dict[str, Any]]:
+    """The suite's budgets of a cell (``bench.cells.Cell``) as ``MethodContext.budget``."""
+    return {"train": cell.train.model_dump(), "finetune": cell.finetune.model_dump()}
+
+
+def cell_ledger(cell: Any, phases: list[dict], n_train: int,
+                unaccounted_steps: int = 0) -> dict:
+    """The record's ``ledger`` of a cell whose model went through ``phases``."""
+    budgets = cell_budgets(cell)
+    return build_ledger(phases, train=budgets["train"], finetune=budgets["finetune"],
+                        n_train=n_train, params=cell.params, unaccounted_steps=unaccounted_steps)

@@ -1,9 +1,9 @@
 """How many steps the quick suite's micro ViT (and maestro's full-rank model) needs on digits.
 
 Trains the model under a few training settings and prints one JSON line per
-run: test top-1, optimizer steps and training seconds. Run with
-OMP_NUM_THREADS=1; compare seconds between variants of one run (relative
-figures), since absolute times depend on the machine's load.
+run: test top-1, optimizer steps, training wall seconds and process CPU
+seconds. Run with OMP_NUM_THREADS=1; compare CPU seconds between variants
+(relative figures): wall times depend on the machine's load.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quick_convergence.py \
         --variant epochs=24,batch_size=32 --variant epochs=12,warmup_epochs=1
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import torch
 
 from bench.data import load_dataset
-from bench.method import MethodContext
 from bench.measure import measure_cost
+from bench.method import MethodContext
 from bench.models import build_model
 from bench.train import evaluate, train
 
@@ -58,7 +59,9 @@ def run(variant: str, method: str, seed: int, data) -> dict:
                             measure=lambda mod: measure_cost(mod, data.input_shape),
                             input_shape=data.input_shape)
         model = m.prepare(model, ctx)
+    cpu0 = time.process_time()
     stats = train(model, data, seed=seed, method=m, ctx=ctx, **{**BASE, **train_kw})
+    cpu_s = time.process_time() - cpu0
     if method == "maestro":
         for layer in model.modules():
             if hasattr(layer, "od_rank"):
@@ -66,6 +69,7 @@ def run(variant: str, method: str, seed: int, data) -> dict:
     top1 = evaluate(model, data)["top1"]
     return {"variant": variant or "base", "method": method, "seed": seed, "top1": round(top1, 4),
             "steps": stats.steps, "train_s": round(stats.seconds, 1),
+            "cpu_s": round(cpu_s, 1),
             "final_loss": round(stats.history[-1]["loss"], 4)}
 
 
