@@ -28,7 +28,7 @@ from bench.data import load_dataset
 from bench.measure import measure_cost
 from bench.measure.latency import time_model
 from bench.plugins import get_method
-from bench.runner import GroupRunner, budget_kwargs, seed_everything
+from bench.run.stages import GroupStages, budget_kwargs, seed_everything
 from bench.store import ResultStore
 from bench.suite import load_suite
 from bench.train import evaluate, train
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = [c for c in cells if c.model.display == label]
     first = cells[0]
     data = load_dataset(first.dataset.name, first.dataset.options)
-    runner = GroupRunner(suite, store, data, torch.device("cpu"), suite.hash(), print)
+    runner = GroupStages(store, data, torch.device("cpu"), print)
     dense, _ = runner.baseline(first)
     dense_cost = measure_cost(dense, data.input_shape)
     dense_top1 = evaluate(dense, data, "test")["top1"]
