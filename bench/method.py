@@ -22,6 +22,18 @@ from torch import Tensor, nn
 Metric = Literal["params", "macs"]
 
 
+class NotApplicableError(Exception):
+    """A method cannot reach a target on this model (e.g. nothing it can factorize enough).
+
+    Raised from ``compress``; the harness records the cell as ``not_applicable``
+    with ``reason`` and no metrics, never as a ranked row or a failure.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class NoParams(BaseModel):
     """Parameters of a method that takes none."""
 

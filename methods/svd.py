@@ -4,10 +4,17 @@ Each selected layer W (out x in, or out x in*k*k for a conv) becomes
 U_r sqrt(S_r) @ sqrt(S_r) V_r^T deployed as two real layers (see
 methods.layers). Ranks come from one of the rules in methods.layers.ranks and
 are searched so the whole model's params or MACs land at or under the target.
-Post-training: the harness fine-tunes afterwards under the common budget.
+``rank_selection: auto`` (the default) runs all three rules and keeps the one
+whose compressed model scores best on the validation split (recorded as
+``rank_rule_choice``). Post-training: the harness fine-tunes afterwards under
+the common budget.
 """
 
 from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,14 +22,21 @@ from torch import nn
 
 from bench import Method, MethodContext, Target, register_method
 from methods.layers import factorize, layer_positions, select_layers, set_module, weight_matrix
-from methods.layers.ranks import LayerSpectrum, RankSelection, choose_ranks
+from methods.layers.ranks import (
+    LayerSpectrum,
+    RankRule,
+    RankSelection,
+    choose_ranks,
+    pick_rank_rule,
+)
 
 
 class SVDParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    rank_selection: RankSelection = Field(
-        default="local", description="local (same fraction), global (pooled normalised "
-        "singular values) or energy (kept spectral energy)")
+    rank_selection: RankRule = Field(
+        default="auto", description="auto (the rule whose compressed model scores best on "
+        "the validation split), local (same fraction), global (pooled normalised singular "
+        "values) or energy (kept spectral energy)")
     include: list[str] = Field(default_factory=list, description="module path patterns to use")
     exclude: list[str] = Field(default_factory=list, description="module path patterns to skip")
     skip_first_conv: bool = True
@@ -77,6 +91,24 @@ def decompose_to_budget(model: nn.Module, target: Target, ctx: MethodContext,
     return model
 
 
+Selector = Callable[[nn.Module], dict[str, nn.Module]]
+
+
+def svd_to_budget(model: nn.Module, target: Target, ctx: MethodContext, select: Selector,
+                  selection: RankRule) -> nn.Module:
+    """Truncated SVD to ``target`` with the given rank rule, or ``auto``: the best on val.
+
+    Each rule compresses its own copy of ``model`` (layers picked by
+    ``select``) against a scratch context; see methods.layers.ranks.pick_rank_rule.
+    """
+    def build(rule: RankSelection) -> tuple[nn.Module, dict]:
+        trial = copy.deepcopy(model)
+        sub = dataclasses.replace(ctx, info={})
+        return decompose_to_budget(trial, target, sub, select(trial), rule), sub.info
+
+    return pick_rank_rule(selection, build, ctx)
+
+
 @register_method
 class SVD(Method):
     """Post-training truncated SVD (the baseline every low-rank method must beat)."""
@@ -90,6 +122,6 @@ class SVD(Method):
         if target is None:
             return model
         p: SVDParams = self.params
-        layers = select_layers(model, p.include or None, p.exclude or None,
-                               p.skip_first_conv, p.skip_classifier)
-        return decompose_to_budget(model, target, ctx, layers, p.rank_selection)
+        return svd_to_budget(model, target, ctx, lambda m: select_layers(
+            m, p.include or None, p.exclude or None, p.skip_first_conv, p.skip_classifier),
+            p.rank_selection)
