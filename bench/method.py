@@ -204,7 +204,14 @@ class Method:
         """
         return default
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
+    def uncompressed(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
+        """The deployable model of a cell with no target (the harness calls this, never
+        ``compress``, then): the dense reference row, or a "train" method's own model at
+        full size. The model itself by default; a method whose trained form is not plain
+        modules (factors to merge, masks to drop) overrides it."""
+        return model
+
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         """Return the deployable model meeting ``target``: plain modules only."""
         raise NotImplementedError("subclass must implement compress()")
 

@@ -51,7 +51,7 @@ from torch import nn
 
 from bench import Method, MethodContext, Target, register_method
 from methods.accel_ablation import ablation_record
-from methods.layers import LowRankConv2d, LowRankLinear, factorize, select_layers, set_module
+from methods.layers import LowRankConv2d, LowRankLinear, factorize, set_module
 from methods.layers.freezing import SequentialFreezer, factor_pairs
 from methods.layers.merging import merge_linear_chains, merge_maps
 from methods.layers.paired_timing import LayerTimings, paired_timings
@@ -381,16 +381,13 @@ class SVDAccel(Method):
         self.freezer = SequentialFreezer(p.freeze_every, p.freeze_unit) \
             if p.uses("freezing") else None
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
-        if target is None:
-            return model
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         p: SVDAccelParams = self.params
 
         def build(rule: RankSelection, opts: SVDAccelParams = p,
                   merge: bool = True) -> tuple[nn.Module, dict]:
             trial, sub = copy.deepcopy(model), dataclasses.replace(ctx, info={})
-            layers = select_layers(trial, p.include or None, p.exclude or None,
-                                   p.skip_first_conv, p.skip_classifier)
+            layers = p.select(trial)
             if not opts.techniques:
                 return decompose_to_budget(trial, target, sub, layers, rule), sub.info
             trial = decompose_accel(trial, target, sub, layers, rule, opts)

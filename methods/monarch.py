@@ -35,31 +35,27 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from bench import Method, MethodContext, Target, register_method
 from bench.method import NotApplicableError
-from methods.layers import select_layers, set_module
+from methods.layers import set_module
 from methods.layers.monarch import MonarchLinear, monarch_weights
 from methods.layers.monarch_conv import (
     MonarchConv2d,
     conv_geometry,
     monarch_conv_weights,
 )
+from methods.layers.selection import LayerSelection
 from methods.layers.surgery import probe_layers
 
 MONARCH = (MonarchLinear, MonarchConv2d)
 
 
-class MonarchParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    include: list[str] = Field(default_factory=list, description="module path patterns to use")
-    exclude: list[str] = Field(default_factory=list, description="module path patterns to skip")
+class MonarchParams(LayerSelection):
     convs: bool = Field(default=True, description="also replace Conv2d layers (grouped k x k "
                         "conv + channel shuffle + grouped 1x1: our extension of the paper)")
-    skip_first_conv: bool = True
-    skip_classifier: bool = True
     max_nblocks: int = Field(default=256, ge=2, description="largest nblocks tried")
 
 
@@ -141,9 +137,7 @@ def positions_of(model: nn.Module, layers: dict[str, nn.Module],
 def monarch_slots(model: nn.Module, p: MonarchParams,
                   input_shape: tuple[int, ...]) -> list[Slot]:
     """Selected Linear/Conv2d layers and Monarch layers of ``model``, with their dense weights."""
-    layers = select_layers(model, p.include or None, p.exclude or None,
-                           skip_first_conv=p.skip_first_conv,
-                           skip_classifier=p.skip_classifier, types=_layer_types(p))
+    layers = p.select(model, types=_layer_types(p))
     positions = positions_of(model, layers, input_shape)
     slots = []
     for path, layer in layers.items():
@@ -247,9 +241,7 @@ class Monarch(Method):
     description = ("Frobenius-optimal Monarch projection of Linear layers and (our extension) "
                    "convs as grouped conv + channel shuffle + grouped 1x1")
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
-        if target is None:
-            return model
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         p: MonarchParams = self.params
         slots = monarch_slots(model, p, ctx.input_shape)
         return monarch_to_budget(model, target, ctx, slots,
@@ -309,9 +301,7 @@ class MonarchScratch(Method):
                    else {p.train_metric: p.train_ratio})
         return model
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
-        if target is None:
-            return model
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         p: MonarchScratchParams = self.params
         trained = trained_nblocks(model)
         if ctx.budget_met(model, target):

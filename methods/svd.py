@@ -17,11 +17,11 @@ import dataclasses
 from collections.abc import Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from bench import Method, MethodContext, Target, register_method
-from methods.layers import factorize, layer_positions, select_layers, set_module, weight_matrix
+from methods.layers import factorize, layer_positions, set_module, weight_matrix
 from methods.layers.ranks import (
     LayerSpectrum,
     RankRule,
@@ -29,18 +29,14 @@ from methods.layers.ranks import (
     choose_ranks,
     pick_rank_rule,
 )
+from methods.layers.selection import LayerSelection
 
 
-class SVDParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SVDParams(LayerSelection):
     rank_selection: RankRule = Field(
         default="auto", description="auto (the rule whose compressed model scores best on "
         "the validation split), local (same fraction), global (pooled normalised singular "
         "values) or energy (kept spectral energy)")
-    include: list[str] = Field(default_factory=list, description="module path patterns to use")
-    exclude: list[str] = Field(default_factory=list, description="module path patterns to skip")
-    skip_first_conv: bool = True
-    skip_classifier: bool = True
 
 
 def layer_spectra(model: nn.Module, layers: dict[str, nn.Module],
@@ -118,10 +114,6 @@ class SVD(Method):
     Params = SVDParams
     description = "truncated SVD per layer, deployed as two thin layers"
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
-        if target is None:
-            return model
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         p: SVDParams = self.params
-        return svd_to_budget(model, target, ctx, lambda m: select_layers(
-            m, p.include or None, p.exclude or None, p.skip_first_conv, p.skip_classifier),
-            p.rank_selection)
+        return svd_to_budget(model, target, ctx, p.select, p.rank_selection)

@@ -157,8 +157,10 @@ class CellPipeline:
         model = copy.deepcopy(source)
         t0 = time.perf_counter()
         seed_everything(cell.seed)
+        target = cell.target_obj
         with count_optimizer_steps() as counter:  # steps a method takes outside ctx.train
-            model = method.compress(model, cell.target_obj, ctx).to(st.device)
+            model = (method.compress(model, target, ctx) if target is not None
+                     else method.uncompressed(model, ctx)).to(st.device)
         phases += ctx.ledger
         unaccounted = counter.steps - sum(p["steps"] for p in ctx.ledger)
         cost["compress_s"] = time.perf_counter() - t0
