@@ -202,9 +202,16 @@ class CellPipeline:
                            method_info=pending.info, ledger=pending.ledger)
 
     def measure(self, model: nn.Module, cell: Cell, dense_cost: Cost) -> dict[str, Any]:
-        """All figures of the deployable model: see bench.measure.measure_deployable."""
+        """All figures of the deployable model: see bench.measure.measure_deployable.
+
+        Latency is also timed paired with the dense reference: a fresh build of
+        the cell's architecture (weights do not change dense latency); for the
+        dense row itself a deep copy, so its paired figure is an A/A check.
+        """
+        reference = (copy.deepcopy(model) if cell.method == "dense"
+                     else self.stages.fresh_model(cell))
         return measure_deployable(model, self.data.input_shape, cell.latency, dense_cost,
-                                  cell.target_obj)
+                                  cell.target_obj, reference=reference)
 
     def record(self, cell: Cell, status: str, **extra: Any) -> dict:
         return make_record(cell, status, suite_name=self.suite_name, suite_hash=self.suite_hash,
