@@ -106,9 +106,7 @@ class DenseSmall(Method):
                 hi = mid
         return best, best_w
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
-        if target is None:
-            return model
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         small, w = self.size(model, target, ctx)
         ctx.record("width_multiplier", w)
         ctx.record("width_overrides", width_overrides(model, w, self.params.round_to))

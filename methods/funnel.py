@@ -44,12 +44,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from bench import Method, MethodContext, Target, register_method
-from methods.layers import select_layers, set_module
+from methods.layers import set_module
 from methods.layers.gated import GATED, GatedLinear, GatedTuckerConv2d, funnel_penalty
+from methods.layers.selection import LayerSelection
 from methods.layers.surgery import probe_layers
 
 __all__ = ["GATED", "Funnel", "FunnelParams", "GatedLinear", "GatedTuckerConv2d",
@@ -163,8 +164,7 @@ def smallest_drop(gated: dict[str, nn.Module], order: list[Component], metric: s
     return lo
 
 
-class FunnelParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FunnelParams(LayerSelection):
     reg_epochs: float | None = Field(
         default=None, ge=0, description="length of the gate regularization in epochs, taken "
         "out of the suite's fine-tune budget (None: half of it)")
@@ -184,10 +184,6 @@ class FunnelParams(BaseModel):
         "1/gate_scale: under Adam-type optimizers the gates move gate_scale times faster")
     score: Literal["gate", "gate_sv"] = Field(
         default="gate", description="drop order: |gate|, or |gate| x normalised singular value")
-    include: list[str] = Field(default_factory=list, description="module path patterns to use")
-    exclude: list[str] = Field(default_factory=list, description="module path patterns to skip")
-    skip_first_conv: bool = True
-    skip_classifier: bool = True
 
 
 def select_to_budget(model: nn.Module, gated: dict[str, nn.Module], target: Target,
@@ -262,12 +258,9 @@ class Funnel(Method):
             ctx.train(model, method=self, phase="funnel", steps=steps, declared=declared,
                       **overrides)
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
-        if target is None:
-            return model
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         p: FunnelParams = self.params
-        layers = select_layers(model, p.include or None, p.exclude or None, p.skip_first_conv,
-                               p.skip_classifier)
+        layers = p.select(model)
         dense_now = ctx.measure(model).get(target.metric)
         positions = _positions(model, layers, ctx.input_shape)
         selected_dense = sum(

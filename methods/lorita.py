@@ -49,12 +49,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from bench import Method, MethodContext, Target, register_method
 from methods.layers import select_layers, set_module, weight_matrix
 from methods.layers.ranks import RankRule, effective_rank
+from methods.layers.selection import LayerSelection
 from methods.svd import svd_to_budget
 
 FactorInit = Literal["orthogonal", "default"]
@@ -201,8 +202,10 @@ def merged_effective_ranks(model: nn.Module, energy: float = 0.99) -> dict[str, 
     return out
 
 
-class LoRITaParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class LoRITaParams(LayerSelection):
+    """The layer selection applies twice: the layers factorized in training are exactly
+    the layers truncated later."""
+
     N: int = Field(default=2, ge=1, le=8, description="linear factors per layer during training "
                    "(1 = plain training)")
     weight_decay: float | None = Field(
@@ -214,14 +217,6 @@ class LoRITaParams(BaseModel):
     rank_selection: RankRule = Field(
         default="auto", description="auto (best on validation), local, global or energy "
         "(as in svd)")
-    include: list[str] = Field(default_factory=list, description="module path patterns to "
-                               "factorize in training and truncate")
-    exclude: list[str] = Field(default_factory=list,
-                               description="module path patterns to keep plain")
-    skip_first_conv: bool = Field(default=True, description="first conv plain in training "
-                                  "and dense in deployment (false: as the paper)")
-    skip_classifier: bool = Field(default=True, description="classifier plain in training "
-                                  "and dense in deployment (false: as the paper)")
 
 
 @register_method
@@ -244,13 +239,13 @@ class LoRITa(Method):
         wd = self.params.weight_decay
         return default if wd is None else wd
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
-        p: LoRITaParams = self.params
+    def uncompressed(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
+        """The trained model with its factors merged: plain layers, full rank."""
         model = merge_factors(model)
-        ranks = merged_effective_ranks(model)
-        ctx.record("effective_rank_99", ranks)
-        if target is None:
-            return model
-        return svd_to_budget(model, target, ctx, lambda m: select_layers(
-            m, p.include or None, p.exclude or None, p.skip_first_conv, p.skip_classifier),
-            p.rank_selection)
+        ctx.record("effective_rank_99", merged_effective_ranks(model))
+        return model
+
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
+        p: LoRITaParams = self.params
+        return svd_to_budget(self.uncompressed(model, ctx), target, ctx, p.select,
+                             p.rank_selection)

@@ -172,7 +172,7 @@ def test_compress_meets_budget_with_plain_layers(builder, target):
     assert out(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
-def test_compress_at_full_rank_target_is_the_merged_network():
+def test_uncompressed_is_the_merged_network():
     torch.manual_seed(0)
     method = LoRITa({"N": 3})
     model = method.prepare(mlp(), make_ctx(mlp()))
@@ -181,7 +181,7 @@ def test_compress_at_full_rank_target_is_the_merged_network():
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         ref = model(x)
-        out = method.compress(copy.deepcopy(model), None, make_ctx(mlp()))(x)
+        out = method.uncompressed(copy.deepcopy(model), make_ctx(mlp()))(x)
     assert (out - ref).abs().max() < 1e-4
 
 
