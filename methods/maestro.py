@@ -54,18 +54,18 @@ import copy
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from bench import Method, MethodContext, Target, register_method
 from bench.train import recalibrate_batchnorm
-from methods.layers import select_layers, set_module
+from methods.layers import set_module
 from methods.layers.ordered import OrderedFactorized
+from methods.layers.selection import LayerSelection
 from methods.maestro_search import has_batchnorm, rank_search
 
 
-class MaestroParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MaestroParams(LayerSelection):
     lam: float = Field(default=1e-6, ge=0.0,
                        description="weight of the hierarchical group lasso")
     epsilon: float = Field(default=1e-5, ge=0.0,
@@ -90,10 +90,6 @@ class MaestroParams(BaseModel):
                                 description="exhaustive search: validation batches per candidate")
     bn_batches: int = Field(default=8, ge=1,
                             description="training batches for BatchNorm recalibration")
-    include: list[str] = Field(default_factory=list, description="module path patterns to use")
-    exclude: list[str] = Field(default_factory=list, description="module path patterns to skip")
-    skip_first_conv: bool = True
-    skip_classifier: bool = True
 
 
 def ordered_layers(model: nn.Module) -> dict[str, OrderedFactorized]:
@@ -166,8 +162,7 @@ class Maestro(Method):
     # -- training ----------------------------------------------------------
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         p: MaestroParams = self.params
-        layers = select_layers(model, p.include or None, p.exclude or None,
-                               p.skip_first_conv, p.skip_classifier)
+        layers = p.select(model)
         for path, layer in layers.items():
             if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
                 continue
@@ -209,20 +204,27 @@ class Maestro(Method):
         ctx.record("ranks_per_epoch", history)
 
     # -- deployment --------------------------------------------------------
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
+    def _trained_layers(self, model: nn.Module, ctx: MethodContext) -> dict:
         layers = ordered_layers(model)
         if not layers:
             raise ValueError("maestro.compress needs a model prepared by maestro.prepare")
         for layer in layers.values():
             layer.od_rank, layer.rank_limit = None, None
-        kept = {path: layer.kept for path, layer in layers.items()}
-        ctx.record("kept_ranks", kept)
+        ctx.record("kept_ranks", {path: layer.kept for path, layer in layers.items()})
         ctx.record("full_rank_top1", val_top1(model, ctx))  # trained model, before truncation
-        if target is None:
-            deploy(model, kept)
-            if has_batchnorm(model):
-                recalibrate_batchnorm(model, ctx.calibration_batches(), self.params.bn_batches)
-            return model
+        return layers
+
+    def uncompressed(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
+        """The trained model at the ranks progressive shrinking kept, as plain layers."""
+        layers = self._trained_layers(model, ctx)
+        deploy(model, {path: layer.kept for path, layer in layers.items()})
+        if has_batchnorm(model):
+            recalibrate_batchnorm(model, ctx.calibration_batches(), self.params.bn_batches)
+        return model
+
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
+        layers = self._trained_layers(model, ctx)
+        kept = {path: layer.kept for path, layer in layers.items()}
         metric = target.metric
         search = rank_search(model, layers, metric, ctx, self.params)
         before = search.costs()
