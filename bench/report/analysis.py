@@ -63,7 +63,7 @@ def make_entries(cells: pd.DataFrame, batches: dict[str, list[str]], reference: 
         ok = e[e.state.isin(["ok", "over budget"]) & e.top1.notna()]
         row: dict[str, Any] = {
             "method": method, "method_name": first.method_name, "kind": first.kind,
-            "target": target, "dense": first.method_name in reference,
+            "target": target, "ref": first.method_name in reference,
             "metric": None if missing(first.target_metric) else first.target_metric,
             "ratio": first.target_ratio, "expected_seeds": int(e.seed.nunique()),
             "seeds": sorted(int(s) for s in ok.seed), "cell_ids": list(e.cell_id),
@@ -104,7 +104,7 @@ def analyse_group(cells: pd.DataFrame, batches: dict[str, list[str]], reference:
     explicit = ok.test_n.dropna() if "test_n" in ok else pd.Series(dtype=float)
     test_n = int(explicit.iloc[0]) if len(explicit) else infer_test_size(ok.top1.tolist())
     entries = make_entries(cells, batches, reference, test_n)
-    dense = [e for e in entries if e["dense"] and e["est"] is not None]
+    dense = [e for e in entries if e["ref"] and e["est"] is not None]
     d = dense[0] if dense else None
     dense_acc = d["est"].mean if d else None
     cpu_b = batches.get("cpu", [])
@@ -127,7 +127,7 @@ def analyse_group(cells: pd.DataFrame, batches: dict[str, list[str]], reference:
 
     order = {label: i for i, label in enumerate(suite_order)}
     tiers: dict[str, list[dict]] = {}
-    for e in sorted((e for e in entries if not e["dense"]), key=_tier_key):
+    for e in sorted((e for e in entries if not e["ref"]), key=_tier_key):
         tiers.setdefault(e["target"], []).append(e)
     ranked_tiers = []
     for label, members in sorted(tiers.items(), key=lambda kv: (
@@ -147,7 +147,7 @@ def analyse_group(cells: pd.DataFrame, batches: dict[str, list[str]], reference:
                              "title": tier_title(members[0]["metric"], members[0]["ratio"]),
                              "entries": within + over + absent})
     scores, macs_range, lat_range = curve_scores(entries, len(ranked_tiers), dense_acc)
-    return {"cpu_b": cpu_b, "cuda_b": batches.get("cuda", []), "test_n": test_n, "dense": d,
+    return {"cpu_b": cpu_b, "cuda_b": batches.get("cuda", []), "test_n": test_n, "ref": d,
             "seeds": int(cells.seed.nunique()), "entries": entries, "tiers": ranked_tiers,
             "scores": scores, "macs_range": macs_range, "latency_range": lat_range,
             "dense_acc": dense_acc, "common_steps": common_steps}
@@ -162,7 +162,7 @@ def curve_scores(entries: list[dict], n_tiers: int, dense_acc: float | None
     score), so every compared curve spans the same budgets. Over-budget
     points are left out of every score.
     """
-    compressed = [e for e in entries if not e["dense"] and e["metric"] is not None]
+    compressed = [e for e in entries if not e["ref"] and e["metric"] is not None]
     methods = list(dict.fromkeys(e["method"] for e in compressed))
     good = {m: [e for e in compressed if e["method"] == m and e["state"] == "ok"]
             for m in methods}

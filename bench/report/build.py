@@ -96,12 +96,12 @@ def _points(a: dict) -> pd.DataFrame:
     for e in a["entries"]:
         if e["est"] is None:
             continue
-        row = {"method": e["method"], "dense": e["dense"], "over_budget": e["over_budget"],
+        row = {"method": e["method"], "ref": e["ref"], "over_budget": e["over_budget"],
                "top1": e["est"].mean, "top1_std": e["est"].std}
         row.update({k: e.get(k) for k in keep})
         rows.append(row)
-    df = pd.DataFrame(rows, columns=["method", "dense", "over_budget", "top1", "top1_std", *keep])
-    return df.astype({c: float for c in df.columns if c not in ("method", "dense",
+    df = pd.DataFrame(rows, columns=["method", "ref", "over_budget", "top1", "top1_std", *keep])
+    return df.astype({c: float for c in df.columns if c not in ("method", "ref",
                                                                  "over_budget")})
 
 
@@ -163,7 +163,7 @@ def analyse(manifest: Manifest, records: list[Record], out_dir: Path) -> dict:
         seeds = int(cells.seed.nunique())
         g = {"model": model, "dataset": dataset, "anchor": stem, "seeds": seeds,
              "columns": present.columns(a), "noise": present.noise_note(a, seeds),
-             "dense": present.row(a["dense"], a, dense=True) if a["dense"] else None,
+             "ref": present.row(a["ref"], a, dense=True) if a["ref"] else None,
              "tiers": [{"title": t["title"], "label": t["label"],
                         "rows": [present.row(e, a) for e in t["entries"]]} for t in a["tiers"]],
              "scores": present.score_rows(a), "macs_range": present.range_text(a["macs_range"]),

@@ -122,7 +122,7 @@ def accuracy_vs(points: pd.DataFrame, x: str, xlabel: str, title: str, colors: d
                 out_dir: Path, stem: str, log_base: float = 2) -> tuple[str, str]:
     """Top-1 against a cost column, one style per method, dense starred, front dashed.
 
-    `points` has one row per (method, target) with columns method, dense,
+    `points` has one row per (method, target) with columns method, ref (the reference row),
     top1, top1_std, over_budget and the cost column `x`; rows missing `x`
     are skipped. A method's points are joined in order of x (no zig-zag);
     error bars are the std over seeds (y) and the IQR of the timed runs (x,
@@ -133,7 +133,7 @@ def accuracy_vs(points: pd.DataFrame, x: str, xlabel: str, title: str, colors: d
     for method in _ordered(sub.method, colors):
         g = sub[sub.method == method].sort_values(x)
         color, marker = method_style(method)
-        if bool(g.dense.all()):
+        if bool(g.ref.all()):
             ax.scatter(g[x], 100 * g.top1, marker="*", s=220, color="black", zorder=6,
                        label=f"{_text(method)} (reference)")
             continue
@@ -176,13 +176,13 @@ def speedup_vs_theoretical(points: pd.DataFrame, batches: list[str], title: str,
     """Measured CPU speedup against MACs speedup (1 / MACs ratio), with y = x.
 
     Points under the line are savings that did not turn into latency; one
-    marker shape per batch size. `points` needs columns method, dense,
+    marker shape per batch size. `points` needs columns method, ref,
     macs_ratio and speedup_<batch> for each batch.
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     markers = ["o", "s", "^", "D", "v"]
     lo, hi = 1.0, 1.0
-    sub = points[~points.dense.astype(bool) & points.macs_ratio.notna() & (points.macs_ratio > 0)]
+    sub = points[~points.ref.astype(bool) & points.macs_ratio.notna() & (points.macs_ratio > 0)]
     for bi, b in enumerate(batches):
         col = f"speedup_{b}"
         if col not in sub:

@@ -131,7 +131,7 @@ def row(e: dict, a: dict, dense: bool = False) -> dict:
         tips.append(tip)
     cells.append("")
     tips.append("")
-    return {"cells": cells, "tips": tips, "dense": dense, "tied": bool(e.get("tied")),
+    return {"cells": cells, "tips": tips, "ref": dense, "tied": bool(e.get("tied")),
             "best": e.get("rank") == 1, "state": e["state"], "links": links,
             "over_budget": e["over_budget"], "kind": e.get("kind", ""),
             "budget": tier_title(e["metric"], e["ratio"])}
@@ -140,8 +140,8 @@ def row(e: dict, a: dict, dense: bool = False) -> dict:
 def drop_empty_columns(group: dict) -> None:
     """Hide columns that are n/a (or gaps) in every row of every tier of a group."""
     rows = [r for t in group["tiers"] for r in t["rows"]]
-    if group["dense"]:
-        rows.append(group["dense"])
+    if group["ref"]:
+        rows.append(group["ref"])
     keep = [i for i, c in enumerate(group["columns"])
             if c["key"] in ("rank", "method", "top1", "records")
             or any(r["cells"][i] not in (NA, GAP, "") for r in rows)]
