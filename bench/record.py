@@ -255,6 +255,8 @@ class Metric:
             return "n/a"
         if isinstance(value, bool):
             return "yes" if value else "no"
+        if self.fmt.endswith("d") and isinstance(value, float) and value.is_integer():
+            value = int(value)  # counts come back as floats from tables
         if self.fmt == "ms":
             return format(value, ".3f" if value < 1 else ".2f" if value < 100 else ".0f")
         try:

@@ -209,7 +209,7 @@ def gap_sentence(manifest: Manifest, view: pd.DataFrame) -> str:
             parts.append(f"no result for {what}{'s' if len(absent) > 1 else ''} "
                          f"{', '.join(absent)}")
     c = Counter(missing_.state)
-    counts = ", ".join(f"{n} {s}" for s, n in c.most_common())
+    counts = ", ".join(f"{c[s]} {s}" for s in ("not run", "failed", "not applicable") if c[s])
     head = (f"This suite promises {len(view)} cells and holds results for "
             f"{len(view) - len(missing_)} ({counts})")
     return head + (": " + "; ".join(parts) if parts else "") + "."
