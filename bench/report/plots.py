@@ -152,13 +152,17 @@ def accuracy_vs(points: pd.DataFrame, x: str, xlabel: str, title: str, colors: d
         fx, fy = pareto_front(within[x].to_numpy(float), within.top1.to_numpy(float))
         ax.step(fx, 100 * fy, where="post", ls="--", lw=1.2, color="0.35", zorder=3,
                 label="Pareto front")
-    if len(sub):  # zoom on where the methods are, not on a collapsed outlier
+    if len(sub):  # zoom on where the methods are, unless that hides an ordinary point
         ys = 100 * sub.top1
-        lo_y = max(float(ys.quantile(0.1)) - 5, float(ys.min()) - 1)
-        ax.set_ylim(lo_y, float(ys.max()) + 0.08 * max(1.0, float(ys.max()) - lo_y))
+        top, q10, bottom = float(ys.max()), float(ys.quantile(0.1)), float(ys.min())
+        spread = max(top - q10, 0.5)
+        lo_y = bottom - 0.06 * max(top - bottom, 1.0)
+        if q10 - bottom > 3 * spread:  # a collapsed outlier: cut the axis, keep an arrow
+            lo_y = q10 - 0.5 * spread
+        ax.set_ylim(lo_y, top + 0.08 * max(1.0, top - lo_y))
         for _, p in sub[ys < lo_y].iterrows():  # below the view: an arrow with its value
-            ax.annotate(f"{100 * p.top1:.1f}", (p[x], lo_y), xytext=(0, 9),
-                        textcoords="offset points", ha="center", fontsize=7,
+            ax.annotate(f"{100 * p.top1:.1f}", (p[x], lo_y), xytext=(0, 14),
+                        textcoords="offset points", ha="center", fontsize=8,
                         color=method_style(p.method)[0],
                         arrowprops={"arrowstyle": "->", "color": method_style(p.method)[0]})
     _log_axis(ax, "x", log_base)
