@@ -26,7 +26,8 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
 # Methods shipped with the project get fixed, well-separated styles; any other label
 # is hashed into the palette, so a method looks the same in every report and the site.
 KNOWN = {"svd": 0, "svd-accel": 1, "lorita": 2, "maestro": 3, "funnel": 4, "monarch": 5,
-         "monarch-scratch": 6, "prune-l1": 7, "prune-random": 8, "dense-small": 9}
+         "monarch-scratch": 6, "prune-l1": 7, "prune-random": 8, "dense-small": 9,
+         "prune-group": 10}
 
 
 def slug(text: str) -> str:
@@ -37,8 +38,9 @@ def method_style(method: str) -> tuple[tuple, str]:
     """(colour, marker) of a method label: fixed for known methods, else a stable hash."""
     if method in KNOWN:
         i = KNOWN[method]
-    else:
-        i = int(hashlib.sha256(str(method).encode()).hexdigest()[:8], 16)
+    else:  # the palette's slots after the known methods', so a plugin never looks like one
+        free = len(PALETTE) - len(KNOWN)
+        i = len(KNOWN) + int(hashlib.sha256(str(method).encode()).hexdigest()[:8], 16) % free
     return tuple(PALETTE[i % len(PALETTE)]), MARKERS[i % len(MARKERS)]
 
 
