@@ -236,6 +236,7 @@ def test_report_end_to_end(tmp_path):
     assert "{{" not in md and "{%" not in md and "n/a" in md
     assert "| svd-global | svd | post | truncated SVD per layer" in md  # methods table
     assert XSS_METHOD not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
+    assert "## Findings" in md and "- mlp/digits macs<=0.5: svd-global" in md
     assert "RuntimeError: shape mismatch in &lt;img" in md and "<img" not in md
     assert "\\|" in md and "| failed |" in md
     assert "| svd |" in md and "| ref | dense |" in md

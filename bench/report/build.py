@@ -28,6 +28,7 @@ from bench.manifest import Manifest, read_manifest
 from bench.record import Record, load_records, measured_batches
 from bench.report import present
 from bench.report.analysis import analyse_group, missing, tier_title
+from bench.report.findings import render_findings
 from bench.report.plots import group_plots, method_style, slug
 from bench.report.present import md_escape
 from bench.report.provenance import provenance
@@ -192,7 +193,18 @@ def analyse(manifest: Manifest, records: list[Record], out_dir: Path) -> dict:
             "methods": methods_table(manifest, view),
             "ranking": [present.rank_row(r) for r in cross_ranking(score_rows)],
             "ranking_groups": len(groups), "provenance": prov, "warnings": warnings,
+            "findings": findings_markdown(manifest, records),
             "colors": {m: to_hex(method_style(m)[0]) for m in dict.fromkeys(view.method)}}
+
+
+def findings_markdown(manifest: Manifest, records: list[Record]) -> str:
+    """The generated "Findings" section (leaders per budget, the papers' claims checked),
+    with user-written labels Markdown-escaped before they reach its text."""
+    reference = manifest.reference_names()
+    ref = next((r.method for r in records if r.method_name in reference), "")
+    safe = [{**r.to_json(), "method": md_escape(r.method), "model": md_escape(r.model),
+             "dataset": md_escape(r.dataset)} for r in records]
+    return render_findings(safe, reference=md_escape(ref))
 
 
 def gap_sentence(manifest: Manifest, view: pd.DataFrame) -> str:
