@@ -188,8 +188,8 @@ def analyse(manifest: Manifest, records: list[Record], out_dir: Path) -> dict:
             "filters": {k: sorted(set(view[c].astype(str))) for k, c in
                         (("model", "model"), ("dataset", "dataset"), ("kind", "kind"),
                          ("budget", "budget"))},
-            "failures": [c for c in cell_rows(view[view.state.isin(
-                ["failed", "not applicable"])], by_id)],
+            "failures": cell_rows(view[view.state == "failed"], by_id),
+            "not_applicable": cell_rows(view[view.state == "not applicable"], by_id),
             "methods": methods_table(manifest, view),
             "ranking": [present.rank_row(r) for r in cross_ranking(score_rows)],
             "ranking_groups": len(groups), "provenance": prov, "warnings": warnings,
