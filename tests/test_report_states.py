@@ -178,3 +178,26 @@ def test_plots_are_high_resolution(tmp_path):
     build_report(results, out)
     img = mpimg.imread(out / "acc-vs-macs-mlp-digits.png")
     assert DPI >= 200 and img.shape[1] >= 6.4 * DPI * 0.9  # figure width at 2x
+
+
+def test_site_ranking_marks_a_method_that_covers_fewer_suites(tmp_path):
+    """Two suites; svd-global has no result in the second: it gets no mean rank (marked
+    incomplete with its coverage) and the complete methods are ranked without it."""
+    from bench.report import publish_site
+
+    for name, drop in (("one", None), ("two", "svd-global")):
+        (tmp_path / name).mkdir()
+        _, results = write_synthetic(tmp_path / name, seeds=[0], fail_one=False)
+        if drop:
+            for c in json.loads((results / "manifest.json").read_text())["cells"]:
+                if c["method"] == drop:
+                    (results / "cells" / f"{c['cell_id']}.json").unlink()
+        build_report(results, tmp_path / "reports" / name)
+    index = publish_site(tmp_path / "reports", include_examples=True).read_text()
+    found = re.findall(r"<tr[^>]*><td>([^<]+)</td><td class=\"num\">([^<]+)</td>"
+                       r"(?:<td class=\"num\">[^<]*</td>){2}<td class=\"num\">([^<]+)</td>", index)
+    rows = {m: (coverage, rank) for m, coverage, rank in found}
+    assert rows["svd-global"] == ("1 of 2", "incomplete")
+    assert rows["svd"] == ("2 of 2", "1.00")  # first among the complete methods everywhere
+    assert 'class="st-not-run"><td>svd-global' in index
+    assert publish_site(tmp_path / "reports").read_text().count("left out: one, two") == 1
