@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +26,19 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainStats:
+    """What one call of :func:`train` did: the figures a budget ledger is built from.
+
+    ``epochs`` is ``steps / steps_per_epoch`` (fractional when a run stops
+    mid-epoch); ``optimizer`` holds the settings actually used.
+    """
+
     seconds: float = 0.0
-    epochs: int = 0
+    epochs: float = 0
     steps: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    batch_size: int = 0
+    steps_per_epoch: int = 0
+    optimizer: dict[str, Any] = field(default_factory=dict)
 
 
 def make_optimizer(params, name: str, lr: float, weight_decay: float,
@@ -63,16 +73,25 @@ def train(
     ctx: MethodContext | None = None,
     phase: str = "train",
     progress=None,
+    steps: int | None = None,
 ) -> TrainStats:
-    """Train in place. ``method``/``ctx`` supply the hooks; ``progress(dict)`` gets epoch stats."""
-    stats = TrainStats()
-    if epochs <= 0:
+    """Train in place. ``method``/``ctx`` supply the hooks; ``progress(dict)`` gets epoch stats.
+
+    ``steps`` (optional) runs exactly that many optimizer steps instead of
+    ``epochs`` full epochs (the last epoch stops part-way); the schedule then
+    spans those steps. The returned stats count every optimizer step taken.
+    """
+    steps_per_epoch = math.ceil(len(data.train) / batch_size)
+    total = epochs * steps_per_epoch if steps is None else max(0, int(steps))
+    stats = TrainStats(batch_size=batch_size, steps_per_epoch=steps_per_epoch, optimizer={
+        "name": optimizer, "lr": lr, "weight_decay": weight_decay, "schedule": schedule,
+        "warmup_epochs": warmup_epochs})
+    if total <= 0:
         return stats
+    epochs = math.ceil(total / steps_per_epoch)
     device = next(model.parameters()).device
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, momentum)
-    steps_per_epoch = math.ceil(len(data.train) / batch_size)
-    total = epochs * steps_per_epoch
-    warmup = warmup_epochs * steps_per_epoch
+    warmup = round(warmup_epochs * steps_per_epoch)
 
     def lr_at(step: int) -> float:
         if step < warmup:
@@ -96,6 +115,8 @@ def train(
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in data.batches("train", batch_size, shuffle=True, generator=gen,
                                  augment=augment):
+            if step >= total:
+                break
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if method is not None and ctx is not None:
                 ctx.step = step
@@ -126,8 +147,8 @@ def train(
         if progress is not None:
             progress(row)
     stats.seconds = time.perf_counter() - start
-    stats.epochs = epochs
     stats.steps = step
+    stats.epochs = step / steps_per_epoch
     return stats
 
 
