@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-RECORD_SCHEMA = 1
+from bench.record import SCHEMA_VERSION, Record
+
 STATUSES = ("ok", "failed")
 _TMP_MAX_AGE_S = 3600.0
 
@@ -161,7 +162,11 @@ class ResultStore:
         return not (retry_failed and record.get("status") == "failed")
 
     def save(self, record: dict) -> None:
-        record = {"schema": RECORD_SCHEMA, **record}
+        """Write a record as the typed schema (``bench.record.Record``), validated first."""
+        record = Record.model_validate(
+            {"schema_version": SCHEMA_VERSION,
+             **{k: v for k, v in record.items() if k != "schema"}}
+        ).model_dump(mode="json", exclude_unset=True)
         atomic_write_json(self.record_path(record["cell_id"]), record)
         self.drop_pending(record["cell_id"])
 
