@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,17 @@ REPORTS_ROOT = Path("reports")
 def _suite(args) -> tuple:
     from bench.suite import load_suite
 
-    return load_suite(args.suite)
+    suite, path = load_suite(args.suite)
+    only = getattr(args, "only", None)
+    if only:
+        from bench.slice import SliceError, slice_suite
+        from bench.suite import SuiteError
+
+        try:
+            suite = slice_suite(suite, only)
+        except SliceError as exc:
+            raise SuiteError(f"{path}: {exc}") from None
+    return suite, path
 
 
 def cmd_validate(args) -> int:
@@ -36,9 +47,18 @@ def cmd_run(args) -> int:
     if args.jobs < 1:
         print("error: --jobs must be at least 1", file=sys.stderr)
         return 2
+    if suite.slice:
+        print(f"slice of suite '{suite.name}': {suite.slice}")
     if args.dry_run:
         print(format_plan(plan_suite(suite, results, args.retry_failed), suite, args.jobs))
         return 0
+    from bench.preflight import PreflightError, preflight
+
+    try:
+        preflight(suite, results, args.data_root, retry_failed=args.retry_failed, say=print)
+    except PreflightError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         summary = run_suite(suite, results, data_root=args.data_root,
                             retry_failed=args.retry_failed, executor=args.executor,
@@ -147,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["serial", "local", "ray"],
                    help="where groups run (default: serial for --jobs 1, else local); ray "
                         "connects to $RAY_ADDRESS or starts a local Ray instance")
+    p.add_argument("--only", metavar="KEY=VALUE,...",
+                   help="run a slice: keys model, dataset, seed, method, target; several values "
+                        "with |, e.g. --only model=resnet18-cifar,seed=0,method=svd|prune-l1")
     p.add_argument("--dry-run", action="store_true",
                    help="list the cells, which are done, and a time estimate; run nothing")
     p.set_defaults(func=cmd_run)
@@ -185,6 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     except SuiteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `lowrank-bench methods | head`: the reader left
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush at exit
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
+    except KeyboardInterrupt:
+        print("interrupted: cells that finished keep their records; a rerun continues with "
+              "the others", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
