@@ -106,6 +106,13 @@ class TrainBudget(Strict):
     loop: Literal["auto", "device", "host"] = Field(
         default="auto", description="auto: the device-resident loop on CUDA, else host batches")
 
+    @model_validator(mode="after")
+    def _loop_can_do_it(self) -> TrainBudget:
+        if self.loop == "host" and (self.precision == "bf16" or self.compile):
+            raise ValueError("loop: host trains in fp32 without compile; precision bf16 and "
+                             "compile need loop: device or auto")
+        return self
+
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict[str, Any]:
         # fields added later are left out at their default, so existing cell ids stay valid

@@ -63,12 +63,30 @@ def train(
     ctx: MethodContext | None = None,
     phase: str = "train",
     progress=None,
+    precision: str = "auto",
+    compile: bool = False,
+    loop: str = "auto",
 ) -> TrainStats:
-    """Train in place. ``method``/``ctx`` supply the hooks; ``progress(dict)`` gets epoch stats."""
+    """Train in place. ``method``/``ctx`` supply the hooks; ``progress(dict)`` gets epoch stats.
+
+    On CUDA (or with ``loop="device"``) this is :func:`bench.fasttrain.train_device`:
+    the same mathematics with the data, augmentation and statistics on the device.
+    """
     stats = TrainStats()
     if epochs <= 0:
         return stats
     device = next(model.parameters()).device
+    from bench.fasttrain import train_device, use_device_loop
+
+    if use_device_loop(device, loop, precision, compile):
+        return train_device(
+            model, data, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+            weight_decay=weight_decay, momentum=momentum, schedule=schedule,
+            warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment,
+            seed=seed, method=method, ctx=ctx, phase=phase, progress=progress,
+            precision=precision, compile=compile)
+    if precision == "bf16" or compile:
+        raise ValueError("precision bf16 and compile need the device loop (loop: device or auto)")
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, momentum)
     steps_per_epoch = math.ceil(len(data.train) / batch_size)
     total = epochs * steps_per_epoch
@@ -135,8 +153,12 @@ def train(
 def evaluate(model: nn.Module, data: DataBundle, split: str = "test",
              batch_size: int = 512) -> dict[str, float]:
     """Top-1 (and top-5 when there are more than 5 classes) accuracy and mean loss."""
-    model.eval()
     device = next(model.parameters()).device
+    if device.type == "cuda":
+        from bench.fasttrain import evaluate_device
+
+        return evaluate_device(model, data, split, batch_size)
+    model.eval()
     n, correct1, correct5, loss_sum = 0, 0, 0, 0.0
     for x, y in data.batches(split, batch_size):
         x, y = x.to(device), y.to(device)
