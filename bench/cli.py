@@ -51,6 +51,12 @@ def cmd_run(args) -> int:
         print(f"slice of suite '{suite.name}': {suite.slice}")
     if args.dry_run:
         print(format_plan(plan_suite(suite, results, args.retry_failed), suite, args.jobs))
+        if not args.no_probe:
+            from bench.estimate import estimate_suite, format_estimate
+
+            est = estimate_suite(suite, results, args.data_root, retry_failed=args.retry_failed)
+            if est.cells or est.missing:
+                print(format_estimate(est, args.jobs))
         return 0
     from bench.preflight import PreflightError, preflight
 
@@ -171,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run a slice: keys model, dataset, seed, method, target; several values "
                         "with |, e.g. --only model=resnet18-cifar,seed=0,method=svd|prune-l1")
     p.add_argument("--dry-run", action="store_true",
-                   help="list the cells, which are done, and a time estimate; run nothing")
+                   help="list the cells, which are done, and a time estimate from a short "
+                        "probe of each model on this machine; run nothing")
+    p.add_argument("--no-probe", action="store_true",
+                   help="with --dry-run: only the estimate from earlier records, no probe")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="render a suite's leaderboard from its records")
