@@ -89,10 +89,22 @@ def cmd_run(args) -> int:
                       f"{summary.work_s:.1f}s summed over {summary.jobs} workers and the "
                       f"driver, {summary.seconds:.1f}s wall ({summary.timing_phase_s:.1f}s of "
                       f"it the driver's timing phase); busy per worker: {busy}")
+    from bench.cells import expand
+    from bench.store import ResultStore
+
+    store = ResultStore(results)
+    stale = store.clean_stale_locks()
+    if stale:
+        print(f"removed {stale} stale lock file(s) of processes that are gone")
     if summary.failed:
         print(f"{len(summary.failures)} failed cell(s) (rerun only these with --retry-failed):")
         for f in summary.failures:
             print(f"  {f['cell']}: {f['type']}: {f['message']}  [{f['cell_id']}]")
+        return 1
+    missing = [c for c in expand(suite) if store.load(c.id) is None]
+    if missing:
+        print(f"{len(missing)} cell(s) have no record yet (their worker was lost, or another "
+              "run still holds them); run the same command again to compute them")
         return 1
     return 0
 
