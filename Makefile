@@ -32,7 +32,7 @@ test: install
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check bench methods tests
+	$(VENV)/bin/ruff check bench methods tests benchmarks
 
 clean:
 	rm -rf results

@@ -7,7 +7,18 @@ __version__ = "0.1.0"
 # Bump when a change to the harness changes results: it is part of every cell id.
 HARNESS_VERSION = "1"
 
+
+
+def compress(*args, **kwargs):  # noqa: D103 - documented in bench.api.compress
+    from bench.api import compress as _compress
+
+    return _compress(*args, **kwargs)
+
+
+compress.__doc__ = "One-call compression of your own model; see bench.api.compress."
+
 __all__ = [
+    "compress",
     "Cost",
     "HARNESS_VERSION",
     "Method",

@@ -1,13 +1,14 @@
-"""Where methods come from: in-tree, entry points, or an import path.
+"""Where methods come from: the ``lowrank_bench.methods`` entry-point group, or an import path.
 
-Lookup first makes sure every source has been loaded (the in-tree ``methods``
-package, the ``lowrank_bench.methods`` entry-point group), so a plugin that
-exists is never reported as unknown just because nobody imported it yet.
+In-tree methods and third-party plugins are declared the same way (an entry
+point ``name = "package.module:Class"``) and registered *lazily*: listing the
+names imports nothing, and a method's module is imported the first time it is
+used. ``@register_method`` still works for classes defined elsewhere (tests,
+notebooks); an entry-point class does not need it.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from importlib.metadata import entry_points
 
@@ -26,43 +27,36 @@ def register_method(cls: type[Method]) -> type[Method]:
         raise TypeError(f"{cls!r} is not a subclass of bench.Method")
     if not cls.name:
         raise ValueError(f"{cls.__qualname__} must set the class attribute 'name'")
-    METHODS.register(cls.name, cls, origin=f"{cls.__module__}.{cls.__qualname__}")
+    METHODS.register(cls.name, cls, origin=f"{cls.__module__}:{cls.__qualname__}")
     return cls
 
 
 def discover() -> None:
-    """Load in-tree methods and entry-point plugins once."""
+    """Register every entry point of the group once, as a lazy 'module:Class' entry."""
     global _discovered
     if _discovered:
         return
     _discovered = True
-    importlib.import_module("methods")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in METHODS:
-            continue
-        try:
-            cls = ep.load()
-        except Exception as exc:  # a broken plugin must not break every run
-            _log.warning("method plugin %s (%s) failed to load: %s", ep.name, ep.value, exc)
-            continue
         if ep.name not in METHODS:
-            if getattr(cls, "name", "") != ep.name:
-                raise ValueError(
-                    f"entry point '{ep.name}' points to {ep.value}, whose name is "
-                    f"'{getattr(cls, 'name', '')}'; they must agree"
-                )
-            register_method(cls)
+            METHODS.register(ep.name, ep.value, origin=ep.value)
+
+
+def _checked(name: str, cls: object, where: str) -> type[Method]:
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise ValueError(f"{where} is not a subclass of bench.Method")
+    if ":" not in name and cls.name != name:
+        raise ValueError(f"method '{name}' points to {where}, whose name is "
+                         f"'{getattr(cls, 'name', '')}'; they must agree")
+    return cls
 
 
 def get_method(name: str) -> type[Method]:
     """A method class by registered name or by 'pkg.module:Class' import path."""
     if ":" in name:
-        cls = load_import_path(name)
-        if not (isinstance(cls, type) and issubclass(cls, Method)):
-            raise ValueError(f"'{name}' is not a subclass of bench.Method")
-        return cls
+        return _checked(name, load_import_path(name), f"'{name}'")
     discover()
-    return METHODS.get(name)
+    return _checked(name, METHODS.get(name), f"entry point '{name}'")
 
 
 def method_names() -> list[str]:

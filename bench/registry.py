@@ -41,7 +41,11 @@ class Registry(Generic[T]):
         self._origin: dict[str, str] = {}
 
     def register(self, name: str, obj: T | str, origin: str = "") -> None:
-        if name in self._items and self._items[name] is not obj:
+        current = self._items.get(name)
+        if isinstance(current, str) and not isinstance(obj, str) and current == origin:
+            self._items[name] = obj  # the lazy entry's own module registering its object
+            return
+        if name in self._items and current is not obj:
             raise ValueError(
                 f"{self.kind} '{name}' is registered twice: by {self._origin[name]} "
                 f"and by {origin or obj!r}"

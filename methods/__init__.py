@@ -1,25 +1,6 @@
-"""In-tree method plugins. Importing this package registers them."""
+"""In-tree method plugins.
 
-from methods import (  # noqa: F401
-    accel,
-    dense,
-    dense_small,
-    funnel,
-    lorita,
-    maestro,
-    monarch,
-    prune,
-    svd,
-)
-
-__all__ = [
-    "accel",
-    "dense",
-    "dense_small",
-    "funnel",
-    "lorita",
-    "maestro",
-    "monarch",
-    "prune",
-    "svd",
-]
+Each is declared in pyproject.toml under the ``lowrank_bench.methods``
+entry-point group, like any third-party plugin, and imported only when used;
+importing this package imports none of them.
+"""

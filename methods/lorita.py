@@ -29,7 +29,7 @@ Our choices, where the paper or its code differs:
   the low-rank bias: with ``init="orthogonal"`` (our option) the merged weight
   starts with exactly the plain init's singular values, trains faster under
   plain SGD in networks without normalisation, but its spectrum stays close to
-  the full-rank init in short trainings (see bench/experiments/lorita_rank.py).
+  the full-rank init in short trainings (see benchmarks/lorita_rank.py).
 - The layers trained in N-factor form are the layers that will be truncated:
   the ``svd`` selection (include/exclude patterns, grouped/depthwise convs
   never). By default that leaves the first conv and the classifier plain in

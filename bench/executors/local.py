@@ -45,7 +45,7 @@ def _worker_main(inbox: Any, events: Any, parent: int, threads: int) -> None:
 
     torch.set_num_threads(threads)
     logging.getLogger("lowrank_bench").setLevel(logging.INFO)
-    from bench.runner import execute_group
+    from bench.run.worker import execute_group
 
     while True:
         task = inbox.get()

@@ -52,7 +52,7 @@ def ray_available() -> bool:
 def _run_group(task: GroupTask) -> list[Event]:
     import torch
 
-    from bench.runner import execute_group
+    from bench.run.worker import execute_group
 
     if task.threads:
         torch.set_num_threads(task.threads)

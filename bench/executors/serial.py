@@ -20,7 +20,7 @@ class SerialExecutor(Executor):
         return True
 
     def run(self, tasks: Iterable[GroupTask], handle: Handler) -> None:
-        from bench.runner import execute_group
+        from bench.run.worker import execute_group
 
         for task in tasks:
             execute_group(task, handle)

@@ -1,7 +1,8 @@
 """How much of the theoretical speedup do decomposed models realise? svd vs svd-accel.
 
 For one model of a suite (default: the quick suite's timm model), every
-target and each method: compress the cached dense baseline, fine-tune under
+target and each method: train the dense model under the suite's budget,
+compress it with ``bench.compress``, fine-tune with ``bench.api.finetune`` under
 the suite's budget (method hooks on, so svd-accel's sequential freezing
 runs), evaluate on the test split, then time the dense and all compressed
 models in interleaved rounds (median of the per-round medians, so a noisy
@@ -9,13 +10,12 @@ neighbour on a shared CPU hits every model alike). The share of the
 theoretical speedup realised is (dense latency / model latency) divided by
 (dense MACs / model MACs).
 
-    python -m bench.accel_share quick --model vit-micro --rounds 5
+    python -m benchmarks.accel_share quick --model vit-micro --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import time
@@ -23,13 +23,12 @@ from pathlib import Path
 
 import torch
 
-from bench.cells import expand
+import bench
+from bench.api import finetune
 from bench.data import load_dataset
 from bench.measure import measure_cost
 from bench.measure.latency import time_model
-from bench.plugins import get_method
-from bench.runner import GroupRunner, budget_kwargs, seed_everything
-from bench.store import ResultStore
+from bench.models import build_model
 from bench.suite import load_suite
 from bench.train import evaluate, train
 
@@ -40,45 +39,44 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="model label (default: the first timm model)")
     ap.add_argument("--methods", nargs="+", default=["svd", "svd-accel"])
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--results", default=None, help="store with the cached dense baseline")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
 
-    import methods  # noqa: F401  (registers the in-tree methods)
-
     suite, _ = load_suite(args.suite)
-    store = ResultStore(args.results or Path("results") / suite.name)
-    cells = [c for c in expand(suite) if c.method in args.methods and c.target is not None]
-    label = args.model or next(c.model.display for c in cells if c.model.name != "mlp")
-    cells = [c for c in cells if c.model.display == label]
-    first = cells[0]
-    data = load_dataset(first.dataset.name, first.dataset.options)
-    runner = GroupRunner(suite, store, data, torch.device("cpu"), suite.hash(), print)
-    dense, _ = runner.baseline(first)
+    spec = next(m for m in suite.models if (args.model or "") in (m.display, "")
+                and (args.model or m.name != "mlp"))
+    label, ds, seed = spec.display, suite.datasets[0], suite.seeds[0]
+    data = load_dataset(ds.name, ds.options)
+    torch.manual_seed(seed)
+    dense = build_model(spec.name, data.num_classes, data.in_chans, data.img_size,
+                        kwargs=spec.kwargs, stem=None if spec.stem == "default" else spec.stem)
+    print(f"training dense {label} ({suite.train.epochs} epochs)")
+    train(dense, data, seed=seed, **suite.train.model_dump())
     dense_cost = measure_cost(dense, data.input_shape)
+    params_of = {m.name: (m.params or {}) for m in suite.methods}
     dense_top1 = evaluate(dense, data, "test")["top1"]
     models: dict[str, torch.nn.Module] = {"dense": dense}
     rows: list[dict] = []
-    for cell in cells:
-        method = get_method(cell.method)(cell.params)
-        ctx = runner.context(cell, dense_cost)
-        seed_everything(cell.seed)
-        t0 = time.perf_counter()
-        model = method.compress(copy.deepcopy(dense), cell.target_obj, ctx)
-        compress_s = time.perf_counter() - t0
-        stats = train(model, data, seed=cell.seed + 1, method=method, ctx=ctx,
-                      phase="finetune", **budget_kwargs(cell.finetune))
-        key = f"{cell.method_label} {cell.target_label}"
-        models[key] = model
-        cost = measure_cost(model, data.input_shape)
-        rows.append({"method": cell.method_label, "target": cell.target_label, "key": key,
-                     "macs_ratio": cost.macs / dense_cost.macs,
-                     "params_ratio": cost.params / dense_cost.params,
-                     "top1": evaluate(model, data, "test")["top1"],
-                     "compress_s": compress_s, "finetune_s": stats.seconds,
-                     "ranks": ctx.info.get("ranks")})
-        print(f"  {key}: macs x{rows[-1]['macs_ratio']:.3f} top1 {rows[-1]['top1']:.4f} "
-              f"finetune {stats.seconds:.1f}s")
+    for name in args.methods:
+        for target in suite.targets:
+            (metric, ratio), = target.items()
+            t0 = time.perf_counter()
+            result = bench.compress(dense, name, data=data, seed=seed,
+                                    method_params=params_of.get(name), **{metric: ratio})
+            compress_s = time.perf_counter() - t0
+            stats = finetune(result, data, seed=seed, **suite.finetune.model_dump())
+            key = f"{name} {metric}<={ratio:g}"
+            model = result.model
+            models[key] = model
+            cost = measure_cost(model, data.input_shape)
+            rows.append({"method": name, "target": f"{metric}<={ratio:g}", "key": key,
+                         "macs_ratio": cost.macs / dense_cost.macs,
+                         "params_ratio": cost.params / dense_cost.params,
+                         "top1": evaluate(model, data, "test")["top1"],
+                         "compress_s": compress_s, "finetune_s": stats.seconds,
+                         "ranks": result.info.get("ranks")})
+            print(f"  {key}: macs x{rows[-1]['macs_ratio']:.3f} top1 {rows[-1]['top1']:.4f} "
+                  f"finetune {stats.seconds:.1f}s")
     lat = suite.latency
     medians: dict[str, dict[int, list[float]]] = {k: {b: [] for b in lat.batch_sizes}
                                                   for k in models}
@@ -89,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                                min_runs=lat.min_runs, min_seconds=lat.min_seconds)
                 medians[key][bs].append(t.median_ms)
     ms = {k: {b: statistics.median(v) for b, v in d.items()} for k, d in medians.items()}
-    print(f"\n{label} on {first.dataset.display}: dense top1 {dense_top1:.4f}, "
+    print(f"\n{label} on {ds.display}: dense top1 {dense_top1:.4f}, "
           f"threads {lat.threads}, {args.rounds} rounds")
     head = "| method | target | MACs x | top1 | " + " | ".join(
         f"b{b} ms | b{b} speedup | b{b} share" for b in lat.batch_sizes) + " | finetune s |"

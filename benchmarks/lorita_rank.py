@@ -13,7 +13,7 @@ epochs and data order, merges the factors and reports per run:
 - test accuracy after truncated SVD to each MAC target (local and global rank
   choice) with no fine-tuning: the direct effect of a faster-decaying spectrum.
 
-Usage: ``python -m bench.experiments.lorita_rank [--models mlp vit] [--seeds 0 1]
+Usage: ``python -m benchmarks.lorita_rank [--models mlp vit] [--seeds 0 1]
 [--optimizers sgd adamw] [--epochs 30] [--out lorita_rank.json]``.
 """
 

@@ -15,7 +15,7 @@ Two measurements:
 torch runs on one thread (``--threads``): on a shared CPU more threads make
 small models slower and the timings noisier.
 
-Usage: ``python -m bench.experiments.maestro_bench [--results results/maestro_bench]
+Usage: ``python -m benchmarks.maestro_bench [--results results/maestro_bench]
 [--repeats 3] [--out maestro_bench.json]``.
 """
 

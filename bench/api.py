@@ -1,0 +1,127 @@
+"""Compress a model of your own with one call, outside the runner.
+
+    import timm, torch, bench
+    model = timm.create_model("resnet18", num_classes=10)
+    result = bench.compress(model, "svd", macs=0.5, example_input=torch.randn(1, 3, 32, 32))
+
+Post-training methods only: a "train" method (LoRITa, Maestro, Monarch from
+scratch) owns the whole training run and needs the harness (a suite). Methods
+that read data (a calibration pass, a search on the validation split, a
+fine-tune inside ``compress``) get it from ``data``, a
+:class:`bench.data.DataBundle` (``bench.data.load_dataset(...)``); without it
+they stop with an error that says so.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bench.data import DataBundle
+from bench.measure import measure_cost
+from bench.method import Cost, Method, MethodContext, Target
+from bench.plugins import get_method
+from bench.train import train
+
+
+@dataclass
+class Compressed:
+    """What :func:`compress` returns: the deployable model and what it cost."""
+
+    model: nn.Module
+    cost: Cost  # params and per-sample MACs of ``model``
+    dense_cost: Cost  # the same of the input model
+    info: dict[str, Any] = field(default_factory=dict)  # the method's facts (ranks, ...)
+    method: Method | None = None  # the method instance (its fine-tuning hooks)
+    context: MethodContext | None = None
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.cost.macs / self.dense_cost.macs
+
+    @property
+    def params_ratio(self) -> float:
+        return self.cost.params / self.dense_cost.params
+
+
+def _no_data(method: str, what: str):
+    def fail(*_: Any, **__: Any):
+        raise ValueError(f"method '{method}' needs {what}; pass data=bench.data.load_dataset(...)"
+                         " (a DataBundle) to bench.compress")
+    return fail
+
+
+def _target(macs: float | None, params: float | None) -> Target:
+    if (macs is None) == (params is None):
+        raise ValueError("give exactly one budget: macs=<ratio> or params=<ratio> "
+                         "(fraction of the input model's, in (0, 1])")
+    metric, ratio = ("macs", macs) if macs is not None else ("params", params)
+    if not 0 < float(ratio) <= 1:
+        raise ValueError(f"{metric}={ratio} is not a fraction of the dense model in (0, 1]")
+    return Target(metric, float(ratio))  # type: ignore[arg-type]
+
+
+def compress(model: nn.Module, method: str, *, macs: float | None = None,
+             params: float | None = None, example_input: Tensor | None = None,
+             data: DataBundle | None = None, method_params: dict[str, Any] | None = None,
+             seed: int = 0, inplace: bool = False) -> Compressed:
+    """Compress ``model`` with a registered post-training ``method`` to a MACs or params budget.
+
+    ``example_input`` (one batch, e.g. ``torch.randn(1, 3, 32, 32)``) gives the
+    input shape for counting MACs; it may be left out when ``data`` is given.
+    ``method_params`` are the method's own parameters (``lowrank-bench methods``
+    lists them). The input model is copied unless ``inplace``.
+    """
+    cls = get_method(method)
+    if cls.kind == "train":
+        raise ValueError(f"method '{method}' trains its own model from scratch (kind 'train'); "
+                         "it needs the harness: list it in a suite and run `lowrank-bench run`")
+    target = _target(macs, params)
+    if example_input is not None:
+        shape = tuple(example_input.shape[1:])
+    elif data is not None:
+        shape = data.input_shape
+    else:
+        raise ValueError("pass example_input (one batch) or data, to know the input shape")
+    instance = cls(method_params or {})
+    device = next(iter(model.parameters()), torch.zeros(())).device
+    work = model if inplace else copy.deepcopy(model)
+    work.eval()
+    dense_cost = measure_cost(work, shape)
+    gen = torch.Generator().manual_seed(seed)
+
+    def train_fn(m, epochs=None, method=None, phase="method", **kw):
+        return train(m, data, seed=seed + 2, method=method, ctx=ctx, phase=phase,
+                     **{"epochs": epochs or 1, **kw})
+
+    ctx = MethodContext(
+        device=device, generator=gen, seed=seed,
+        calibration_batches=(lambda: data.batches("train", 64, shuffle=True,
+                                                  generator=torch.Generator().manual_seed(seed)))
+        if data is not None else _no_data(method, "training batches for calibration"),
+        val_batches=(lambda: data.batches("val", 256)) if data is not None
+        else _no_data(method, "the validation split for its search"),
+        measure=lambda m: measure_cost(m, shape), dense_cost=dense_cost,
+        train_fn=train_fn if data is not None else _no_data(method, "training data"),
+        input_shape=shape, num_classes=data.num_classes if data is not None else 0)
+    torch.manual_seed(seed)
+    out = instance.compress(work, target, ctx)
+    return Compressed(out, measure_cost(out, shape), dense_cost, ctx.info, instance, ctx)
+
+
+def finetune(result: Compressed, data: DataBundle, *, epochs: int, seed: int = 0,
+             **budget: Any) -> Any:
+    """Fine-tune a compressed model with the harness's loop and the method's hooks.
+
+    ``budget`` takes the suite's ``finetune:`` fields (batch_size, optimizer,
+    lr, weight_decay, ...). Methods with fine-tuning behaviour of their own
+    (svd-accel's sequential freezing) apply it here as they do in a suite.
+    """
+    if result.context is None:
+        raise ValueError("this result has no method context; make it with bench.compress")
+    return train(result.model, data, seed=seed + 1, method=result.method, ctx=result.context,
+                 phase="finetune", epochs=epochs, **budget)

@@ -1,1 +1,0 @@
-"""Standalone measurements that go beyond a suite: run each as a module."""

@@ -1,0 +1,167 @@
+"""Findings generated from records: who leads at each budget, and the papers' claims checked.
+
+Each claim is checked per (model, dataset, budget) with 95% intervals
+(bootstrap over seeds, else Wilson over the test set; see ``stats``): a claim
+is *supported* where the method's interval lies wholly above its comparator's,
+*contradicted* where it lies wholly below, and *undecided* where they overlap.
+Only ok records that met their budget take part. The verdicts are counted
+over every comparison the records allow, so a reader sees how much evidence
+there is, not just the direction.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from bench.report.stats import Estimate, estimate, infer_test_size, tie_ranks
+
+PRUNING = ("prune-l1", "prune-group", "prune-random")
+
+
+@dataclass
+class Claim:
+    key: str
+    text: str  # the paper's claim, in words
+    supported: list[str] = field(default_factory=list)
+    contradicted: list[str] = field(default_factory=list)
+    undecided: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        n = len(self.supported) + len(self.contradicted) + len(self.undecided)
+        if n == 0:
+            return "cannot decide: no comparable cells in these records"
+        if self.supported and not self.contradicted:
+            return "supported" if not self.undecided else "partly supported"
+        if self.contradicted and not self.supported:
+            return "contradicted" if not self.undecided else "partly contradicted"
+        if self.supported and self.contradicted:
+            return "mixed"
+        return "cannot decide within the intervals"
+
+
+def _usable(r: dict) -> bool:
+    m = r.get("metrics") or {}
+    return r.get("status") == "ok" and m.get("top1") is not None and \
+        (m.get("budget") or {}).get("met", True) is not False
+
+
+def _estimates(records: Iterable[dict]) -> dict[tuple, dict[str, Estimate]]:
+    """(model, dataset, target_label) -> method label -> accuracy estimate over seeds."""
+    acc: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    tests: dict[tuple, list[float]] = defaultdict(list)
+    test_n: dict[tuple, int] = {}
+    for r in records:
+        if not _usable(r):
+            continue
+        m = r["metrics"]
+        acc[(r["model"], r["dataset"], r["target_label"])][r["method"]].append(m["top1"])
+        tests[(r["model"], r["dataset"])].append(m["top1"])
+        if m.get("test_n"):
+            test_n[(r["model"], r["dataset"])] = int(m["test_n"])
+    out: dict[tuple, dict[str, Estimate]] = {}
+    for key, by_method in acc.items():
+        n = test_n.get(key[:2]) or infer_test_size(tests[key[:2]])
+        out[key] = {meth: estimate(v, n) for meth, v in by_method.items()}
+    return out
+
+
+def _speedups(records: Iterable[dict]) -> dict[tuple, tuple[float, float, float]]:
+    """(model, dataset, target, method) -> paired CPU batch-1 speedup (median, lo, hi)."""
+    out = {}
+    for r in records:
+        if not _usable(r):
+            continue
+        paired = ((r["metrics"].get("latency_paired") or {}).get("cpu") or {})
+        first = paired.get("b1") or next(iter(paired.values()), None)
+        sp = (first or {}).get("speedup") if isinstance(first, dict) else None
+        if sp and sp.get("ci_low") is not None:
+            out[(r["model"], r["dataset"], r["target_label"], r["method"])] = (
+                sp["median"], sp["ci_low"], sp["ci_high"])
+    return out
+
+
+def _compare(claim: Claim, where: str, a: Estimate | None, b: Estimate | None,
+             what: str) -> None:
+    if a is None or b is None:
+        return
+    line = f"{where}: {what} {a.mean:.2%} vs {b.mean:.2%}"
+    if a.lo > b.hi:
+        claim.supported.append(line)
+    elif a.hi < b.lo:
+        claim.contradicted.append(line)
+    else:
+        claim.undecided.append(line)
+
+
+def check_claims(records: list[dict]) -> list[Claim]:
+    """The four claims of the papers this project compares, checked on these records."""
+    est = _estimates(records)
+    speed = _speedups(records)
+    maestro = Claim("maestro", "Maestro beats SVD-based and pruning baselines at equal budget "
+                               "(against the best of svd and the pruning methods)")
+    lorita = Claim("lorita", "LoRITa's truncated models beat SVD of a plainly trained model")
+    accel = Claim("accel", "The acceleration techniques raise realised speedup at equal "
+                           "accuracy (svd-accel vs svd, paired CPU batch-1 speedup)")
+    funnel = Claim("funnel", "Funnel keeps more accuracy than SVD at a 2x MAC cut")
+    for (model, dataset, target), by in sorted(est.items()):
+        where = f"{model}/{dataset} {target}"
+        baselines = [by[m] for m in ("svd", *PRUNING) if m in by]
+        if "maestro" in by and baselines:
+            best = max(baselines, key=lambda e: e.mean)
+            _compare(maestro, where, by["maestro"], best, "top-1")
+        _compare(lorita, where, by.get("lorita"), by.get("svd"), "top-1")
+        if target == "macs<=0.5":
+            _compare(funnel, where, by.get("funnel"), by.get("svd"), "top-1")
+        a, s = by.get("svd-accel"), by.get("svd")
+        sa, ss = speed.get((model, dataset, target, "svd-accel")), \
+            speed.get((model, dataset, target, "svd"))
+        if a and s and sa and ss:
+            line = f"{where}: speedup {sa[0]:.2f}x vs {ss[0]:.2f}x"
+            if not a.overlaps(s):
+                accel.undecided.append(line + " (accuracies differ, not an equal-accuracy "
+                                              "comparison)")
+            elif sa[1] > ss[2]:
+                accel.supported.append(line)
+            elif sa[2] < ss[1]:
+                accel.contradicted.append(line)
+            else:
+                accel.undecided.append(line)
+    return [maestro, lorita, accel, funnel]
+
+
+def leaders(records: list[dict], reference: str = "dense") -> list[str]:
+    """One line per (model, dataset, budget): the methods ranked first (ties within noise)."""
+    lines = []
+    for (model, dataset, target), by in sorted(_estimates(records).items()):
+        if target == reference or not by:
+            continue
+        names = [m for m in by if m != reference]
+        if not names:
+            continue
+        ranks = tie_ranks([by[m] for m in names])
+        first = sorted((m for m, (rank, _) in zip(names, ranks) if rank == 1),
+                       key=lambda m: -by[m].mean)
+        best = ", ".join(f"{m} {by[m].mean:.2%}" for m in first)
+        tie = " (tied within the 95% intervals)" if len(first) > 1 else ""
+        lines.append(f"{model}/{dataset} {target}: {best}{tie}")
+    return lines
+
+
+def render_findings(records: list[dict], reference: str = "dense") -> str:
+    """The Markdown "Findings" section of a report."""
+    out = ["## Findings", "", "Generated from the records. Leaders at each budget "
+           "(top-1, mean over seeds):", ""]
+    out += [f"- {line}" for line in leaders(records, reference)] or ["- no ok records yet"]
+    out += ["", "The papers' claims, checked per model, dataset and budget with 95% intervals "
+            "(supported: wholly above the comparator; contradicted: wholly below; "
+            "undecided: overlapping):", ""]
+    for c in check_claims(records):
+        n = len(c.supported) + len(c.contradicted) + len(c.undecided)
+        out.append(f"- **{c.text}**: {c.verdict} ({len(c.supported)} supported, "
+                   f"{len(c.contradicted)} contradicted, {len(c.undecided)} undecided of {n}).")
+        for line in (c.supported + c.contradicted + c.undecided)[:8]:
+            out.append(f"  - {line}")
+    return "\n".join(out) + "\n"

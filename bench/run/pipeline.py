@@ -1,0 +1,163 @@
+"""One cell: compress -> fine-tune -> evaluate -> measure, and the record it becomes.
+
+``compute_cell`` does everything but measurement and returns a
+:class:`PendingCell`, which a parallel run saves for the driver's timing phase;
+``finish_cell`` measures it (counting and timing) and makes the record.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from bench.cells import Cell
+from bench.measure import environment, measure_deployable
+from bench.method import Cost
+from bench.plugins import get_method
+from bench.run.stages import GroupStages, budget_kwargs, seed_everything
+from bench.train import evaluate, train
+
+
+@dataclass
+class PendingCell:
+    """A cell trained, compressed, fine-tuned and evaluated; only measurement is left."""
+
+    cell: Cell
+    model: nn.Module
+    dense_cost: Cost
+    cost: dict[str, float]
+    evals: dict[str, Any]
+    info: dict[str, Any]
+
+    def payload(self) -> dict:
+        return {"cell_id": self.cell.id, "cell": self.cell.model_dump(mode="json"),
+                "model": self.model, "dense_cost": [self.dense_cost.params, self.dense_cost.macs],
+                "cost": self.cost, "evals": self.evals, "info": self.info}
+
+    @classmethod
+    def from_payload(cls, cell: Cell, payload: dict) -> PendingCell:
+        params, macs = payload["dense_cost"]
+        return cls(cell, payload["model"], Cost(int(params), int(macs)), dict(payload["cost"]),
+                   dict(payload["evals"]), dict(payload["info"]))
+
+
+def make_record(cell: Cell, status: str, *, suite_name: str, suite_hash: str,
+                data_info: dict | None = None, **extra: Any) -> dict:
+    """The JSON record of a cell: its config, status and whatever the status carries."""
+    return {
+        "cell_id": cell.id, "status": status, "suite": suite_name,
+        "suite_hash": suite_hash,
+        "model": cell.model.display, "dataset": cell.dataset.display, "seed": cell.seed,
+        "method": cell.method_label, "method_name": cell.method, "params": cell.params,
+        "target": cell.target, "target_label": cell.target_label,
+        "cell": cell.model_dump(mode="json"),
+        "data_info": dict(data_info or {}),
+        "env": environment(suite_hash),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def failed_record(cell: Cell, exc: BaseException, *, suite_name: str, suite_hash: str,
+                  data_info: dict | None = None) -> dict:
+    """A failed cell's record: error type, message and traceback (call inside ``except``)."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return make_record(cell, "failed", suite_name=suite_name, suite_hash=suite_hash,
+                       data_info=data_info,
+                       error={"type": type(exc).__name__, "message": str(exc), "traceback": tb})
+
+
+class CellPipeline:
+    """Runs the cells of one group on top of its shared stages."""
+
+    def __init__(self, stages: GroupStages, suite_name: str, suite_hash: str):
+        self.stages, self.suite_name, self.suite_hash = stages, suite_name, suite_hash
+        self.work_s = 0.0  # compression, fine-tuning, evaluation and measurement seconds
+
+    @property
+    def data(self):
+        return self.stages.data
+
+    @property
+    def total_work_s(self) -> float:
+        return self.work_s + self.stages.work_s
+
+    def run_cell(self, cell: Cell) -> dict:
+        """Compute and measure one cell: its record."""
+        return self.finish_cell(self.compute_cell(cell))
+
+    def compute_cell(self, cell: Cell) -> PendingCell:
+        """Everything but measurement: (train) -> compress -> fine-tune -> evaluate.
+
+        Post methods start from the group's dense baseline; a "train" method
+        trains its own model and does not need the dense baseline at all (its
+        ``baseline_train_s`` is 0), so its group runs anywhere.
+        """
+        st = self.stages
+        started = time.perf_counter()
+        method = get_method(cell.method)(cell.params)
+        info: dict = {}
+        if method.kind == "train":
+            dense_cost = st.dense_cost(cell)
+            cost: dict[str, float] = {"baseline_train_s": 0.0}
+            source, cost["method_train_s"], info = st.method_trained(cell, method, dense_cost)
+        else:
+            base_model, base_seconds = st.baseline(cell)
+            dense_cost = st.dense_cost(cell)
+            cost = {"baseline_train_s": base_seconds, "method_train_s": 0.0}
+            source = base_model
+        ctx = st.context(cell, dense_cost)
+        ctx.info.update(info)
+        model = copy.deepcopy(source)
+        t0 = time.perf_counter()
+        seed_everything(cell.seed)
+        model = method.compress(model, cell.target_obj, ctx).to(st.device)
+        cost["compress_s"] = time.perf_counter() - t0
+        ft_seconds = 0.0
+        if cell.target is not None and cell.finetune.epochs > 0:
+            with st.epochs_bar(f"finetune {cell.method_label}", cell.finetune.epochs) as bar:
+                stats = train(model, st.data, seed=cell.seed + 1, method=method, ctx=ctx,
+                              phase="finetune", progress=bar, **budget_kwargs(cell.finetune))
+            ft_seconds = stats.seconds
+        cost["finetune_s"] = ft_seconds
+        t0 = time.perf_counter()
+        test = evaluate(model, st.data, "test")
+        val = evaluate(model, st.data, "val")
+        cost["eval_s"] = time.perf_counter() - t0
+        self.work_s += cost["compress_s"] + ft_seconds + cost["eval_s"]
+        cost["cell_s"] = time.perf_counter() - started
+        evals = {"top1": test["top1"], "top5": test.get("top5"), "test_loss": test["loss"],
+                 "val_top1": val["top1"]}
+        return PendingCell(cell, model, dense_cost, cost, evals, dict(ctx.info))
+
+    def finish_cell(self, pending: PendingCell) -> dict:
+        """Measure (count, time) a computed cell and make its record."""
+        t0 = time.perf_counter()
+        model = pending.model.to(self.stages.device)
+        metrics = self.measure(model, pending.cell, pending.dense_cost)
+        cost = dict(pending.cost)
+        cost["measure_s"] = time.perf_counter() - t0
+        self.work_s += cost["measure_s"]
+        metrics.update(pending.evals)
+        cost["cell_s"] = cost.get("cell_s", 0.0) + cost["measure_s"]
+        return self.record(pending.cell, "ok", metrics=metrics, cost=cost,
+                           method_info=pending.info)
+
+    def measure(self, model: nn.Module, cell: Cell, dense_cost: Cost) -> dict[str, Any]:
+        """All figures of the deployable model: see bench.measure.measure_deployable."""
+        return measure_deployable(model, self.data.input_shape, cell.latency, dense_cost,
+                                  cell.target_obj)
+
+    def record(self, cell: Cell, status: str, **extra: Any) -> dict:
+        return make_record(cell, status, suite_name=self.suite_name, suite_hash=self.suite_hash,
+                           data_info=self.data.info, **extra)
+
+    def failed_record(self, cell: Cell, exc: BaseException) -> dict:
+        return failed_record(cell, exc, suite_name=self.suite_name, suite_hash=self.suite_hash,
+                             data_info=self.data.info)

@@ -1,0 +1,133 @@
+"""What a run would do: cells grouped into units of work, each cell's state, the dry run."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.cells import Cell, expand
+from bench.plugins import get_method
+from bench.store import ResultStore
+from bench.suite import Suite
+
+
+def group_cells(cells: list[Cell]) -> OrderedDict[tuple, list[Cell]]:
+    """Cells by the unit of work: (model, dataset, seed) for the post methods, which
+    share the dense baseline, plus (..., training key) per "train" method params."""
+    groups: OrderedDict[tuple, list[Cell]] = OrderedDict()
+    for c in cells:
+        key: tuple = c.group_key()
+        if get_method(c.method).kind == "train":
+            key = (*key, c.training_key())
+        groups.setdefault(key, []).append(c)
+    return groups
+
+
+def cell_state(store: ResultStore, cell: Cell, retry_failed: bool = False) -> str:
+    """"done" (has a record to keep), "pending" (waiting for timing) or "todo"."""
+    if store.is_done(cell.id, retry_failed):
+        return "done"
+    if store.has_pending(cell.id):
+        return "pending"
+    return "todo"
+
+
+@dataclass
+class Plan:
+    """What a run would do: each cell's state and an estimate from earlier records."""
+
+    rows: list[tuple[Cell, str]]
+    estimate_s: float = 0.0
+    estimated: int = 0  # cells to run that have an estimate
+    unknown: int = 0  # cells to run with no earlier record to estimate from
+    basis: int = 0  # records the estimate comes from
+
+    @property
+    def to_run(self) -> int:
+        return sum(state != "done" for _, state in self.rows)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def plan_suite(suite: Suite, results_dir: str | Path, retry_failed: bool = False) -> Plan:
+    """States of all cells and a serial time estimate from this directory's ok records.
+
+    A cell's estimate is the mean compress + fine-tune + evaluation + measurement
+    seconds of records of the same method on the same model and dataset (else of
+    any method there); each dense baseline and each "train"-method training
+    without a checkpoint adds its recorded training seconds once.
+    """
+    store = ResultStore(results_dir)
+    cells = expand(suite)
+    plan = Plan([])
+    records = [r for r in store.records() if r.get("status") == "ok"]
+    plan.basis = len(records)
+    for c in cells:
+        state = cell_state(store, c, retry_failed)
+        if state == "done":
+            state = "done" if (store.load(c.id) or {}).get("status") == "ok" else "failed"
+        plan.rows.append((c, state))
+
+    def cell_part(r: dict) -> float:
+        cost = r.get("cost", {})
+        return sum(float(cost.get(k, 0.0)) for k in ("compress_s", "finetune_s", "eval_s",
+                                                     "measure_s"))
+
+    def where(**match: Any) -> list[dict]:
+        return [r for r in records if all(r.get(k) == v for k, v in match.items())]
+
+    trainings: set[str] = set()
+    for c, state in plan.rows:
+        if state == "done" or (state == "failed" and not retry_failed):
+            continue
+        same = where(model=c.model.display, dataset=c.dataset.display)
+        if state == "pending":
+            part = _mean([float(r["cost"].get("measure_s", 0.0)) for r in same])
+        else:
+            part = _mean([cell_part(r) for r in same if r.get("method_name") == c.method]) \
+                or _mean([cell_part(r) for r in same])
+        if part is None:
+            plan.unknown += 1
+            continue
+        plan.estimated += 1
+        plan.estimate_s += part
+        if state == "pending":
+            continue
+        kind = get_method(c.method).kind
+        key = c.training_key() if kind == "train" else c.baseline_key()
+        if key in trainings or store.has_checkpoint(key):
+            continue
+        trainings.add(key)
+        field_ = "method_train_s" if kind == "train" else "baseline_train_s"
+        pool = [r for r in same if r.get("method_name") == c.method] if kind == "train" else same
+        plan.estimate_s += _mean([float(r["cost"].get(field_, 0.0)) for r in pool
+                                  if r["cost"].get(field_)]) or 0.0
+    return plan
+
+
+def format_plan(plan: Plan, suite: Suite, jobs: int = 1) -> str:
+    width = max((len(c.describe()) for c, _ in plan.rows), default=0)
+    lines = [f"suite '{suite.name}': {len(plan.rows)} cells, {plan.to_run} to run"]
+    for c, state in plan.rows:
+        lines.append(f"  {c.describe():<{width}}  {state:<8} {c.id}")
+    counts = OrderedDict((s, 0) for s in ("done", "failed", "pending", "todo"))
+    for _, state in plan.rows:
+        counts[state] += 1
+    lines.append("  " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if plan.to_run == 0:
+        lines.append("nothing to run")
+    elif plan.estimated:
+        est = f"estimated time: {plan.estimate_s:.0f} s serial"
+        if jobs > 1:
+            est += f" (about {plan.estimate_s / jobs:.0f} s with {jobs} jobs, at best)"
+        est += f", for {plan.estimated} of {plan.to_run} cells, from {plan.basis} earlier records"
+        if plan.unknown:
+            est += f"; {plan.unknown} cells have no earlier record to estimate from"
+        lines.append(est)
+    else:
+        lines.append("estimated time: unknown (no earlier records in this results directory)")
+    return "\n".join(lines)

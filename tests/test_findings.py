@@ -1,0 +1,50 @@
+"""Findings: leaders per budget and the papers' claims decided only outside the intervals."""
+
+from __future__ import annotations
+
+from bench.report.findings import check_claims, leaders, render_findings
+
+
+def rec(method, top1, target="macs<=0.5", seed=0, speed=None, met=True):
+    m = {"top1": top1, "test_n": 1000, "budget": {"met": met}}
+    if speed:
+        m["latency_paired"] = {"cpu": {"b1": {"speedup": dict(zip(
+            ("median", "ci_low", "ci_high"), speed))}}}
+    return {"status": "ok", "model": "m", "dataset": "d", "target_label": target,
+            "method": method, "method_name": method, "seed": seed, "metrics": m}
+
+
+def claims(records):
+    return {c.key: c for c in check_claims(records)}
+
+
+def test_claim_supported_only_when_intervals_separate():
+    far = claims([rec("maestro", 0.90), rec("svd", 0.70), rec("prune-l1", 0.75)])
+    assert far["maestro"].verdict == "supported"
+    close = claims([rec("maestro", 0.801), rec("svd", 0.80)])
+    assert close["maestro"].verdict == "cannot decide within the intervals"
+    below = claims([rec("lorita", 0.5), rec("svd", 0.8)])
+    assert below["lorita"].verdict == "contradicted"
+
+
+def test_over_budget_rows_and_missing_methods_do_not_count():
+    c = claims([rec("maestro", 0.99, met=False), rec("svd", 0.5)])
+    assert c["maestro"].verdict.startswith("cannot decide: no comparable")
+
+
+def test_accel_claim_needs_equal_accuracy_and_separate_speedups():
+    c = claims([rec("svd-accel", 0.80, speed=(1.5, 1.4, 1.6)),
+                rec("svd", 0.80, speed=(1.1, 1.0, 1.2))])
+    assert c["accel"].verdict == "supported"
+    c = claims([rec("svd-accel", 0.80, speed=(1.15, 1.0, 1.3)),
+                rec("svd", 0.80, speed=(1.1, 1.0, 1.2))])
+    assert c["accel"].verdict == "cannot decide within the intervals"
+
+
+def test_leaders_and_markdown():
+    rs = [rec("svd", 0.80), rec("funnel", 0.801), rec("prune-l1", 0.5),
+          rec("dense", 0.9, target="dense")]
+    (line,) = leaders(rs)
+    assert "funnel" in line and "svd" in line and "tied" in line and "prune-l1" not in line
+    md = render_findings(rs)
+    assert md.startswith("## Findings") and "Funnel keeps more accuracy" in md
