@@ -93,9 +93,13 @@ def cmd_run(args) -> int:
     from bench.store import ResultStore
 
     store = ResultStore(results)
-    stale = store.clean_stale_locks()
-    if stale:
-        print(f"removed {stale} stale lock file(s) of processes that are gone")
+    if summary.stale_locks:
+        print(f"removed {summary.stale_locks} stale lock file(s) of processes that are gone")
+    if summary.environment:
+        print(f"{len(summary.environment)} cell(s) stopped by the environment, not recorded "
+              "(fix it and run the same command again):")
+        for line in summary.environment:
+            print(f"  {line}")
     if summary.failed:
         print(f"{len(summary.failures)} failed cell(s) (rerun only these with --retry-failed):")
         for f in summary.failures:

@@ -20,15 +20,16 @@ every step. This loop computes the same thing with the data on the device:
 - ``torch.compile`` when the budget asks for it.
 
 The optimizer, schedule, label smoothing and method hooks are the host loop's
-(:func:`bench.train.make_optimizer`, the same warm-up + cosine rule), so a
-method trains the same way on either loop.
+(:func:`bench.train.make_optimizer` handed over in a :class:`LoopKit`, the same
+warm-up + cosine rule), so a method trains the same way on either loop.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -155,17 +156,27 @@ def device_data(data: DataBundle, device: torch.device) -> DeviceData:
 
 # -- the loop ---------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class LoopKit:
+    """What the loop shares with :mod:`bench.train` (its stats, optimizer, error), passed in
+    by :func:`bench.train.train` so that this module does not import it back."""
+
+    stats: Callable[[], Any]
+    make_optimizer: Callable[..., torch.optim.Optimizer]
+    non_finite: type[Exception]
+
+
 def train_device(model: nn.Module, data: DataBundle, *, epochs: int, batch_size: int,
                  optimizer: str, lr: float, weight_decay: float, momentum: float = 0.9,
                  schedule: str = "cosine", warmup_epochs: int = 0,
                  label_smoothing: float = 0.0, augment: bool = True, seed: int = 0,
                  method: Any = None, ctx: Any = None, phase: str = "train", progress: Any = None,
                  precision: str = "auto", compile: bool = False,
-                 compile_backend: str = "inductor", channels_last: bool | None = None) -> Any:
+                 compile_backend: str = "inductor", channels_last: bool | None = None,
+                 kit: LoopKit) -> Any:
     """Train in place with the host loop's mathematics; see the module docstring."""
-    from bench.train import NonFiniteLossError, TrainStats, make_optimizer
-
-    stats = TrainStats()
+    stats = kit.stats()
+    make_optimizer, NonFiniteLossError = kit.make_optimizer, kit.non_finite  # noqa: N806
     if epochs <= 0:
         return stats
     device = next(model.parameters()).device

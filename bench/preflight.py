@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from bench.data import DataBundle, DatasetMissingError, data_root, load_dataset
+from bench.suite import build_on_meta
 
 # errors of the machine, never of a method: a full disk, a quota, a read-only mount
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
@@ -89,15 +90,6 @@ def state_bytes(model: torch.nn.Module) -> int:
     """Bytes of a model's parameters and buffers (works on the meta device)."""
     tensors = list(model.parameters()) + list(model.buffers())
     return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def build_on_meta(spec: Any, num_classes: int, in_chans: int, img_size: int) -> torch.nn.Module:
-    """Build a model of ``spec`` (a ModelSpec) without allocating or initialising weights."""
-    from bench.models import build_model
-
-    with torch.device("meta"):
-        return build_model(spec.name, num_classes, in_chans, img_size, kwargs=spec.kwargs,
-                           stem=None if spec.stem == "default" else spec.stem)
 
 
 def _trainings(cells: Iterable[Any], store: Any) -> dict[str, str]:

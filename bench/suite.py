@@ -336,6 +336,17 @@ def _nominal_shape(spec: DatasetSpec) -> tuple[int, int, int, bool]:
     return chans, int(size) if exact else 32, 10, exact
 
 
+def build_on_meta(spec: Any, num_classes: int, in_chans: int, img_size: int) -> Any:
+    """Build a model of ``spec`` (a ModelSpec) without allocating or initialising weights."""
+    import torch
+
+    from bench.models import build_model
+
+    with torch.device("meta"):
+        return build_model(spec.name, num_classes, in_chans, img_size, kwargs=spec.kwargs,
+                           stem=None if spec.stem == "default" else spec.stem)
+
+
 def model_problems(suite: Suite) -> list[str]:
     """Build each model once per dataset shape on the meta device (no memory, no init).
 
@@ -343,8 +354,6 @@ def model_problems(suite: Suite) -> list[str]:
     with the value; with a dataset whose image size comes from its files, only
     rejected arguments are reported (other errors could be the stand-in size's).
     """
-    from bench.preflight import build_on_meta
-
     problems = []
     for i, model in enumerate(suite.models):
         for spec in suite.datasets:

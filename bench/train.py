@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.data.base import DataBundle
+from bench.fasttrain import LoopKit, evaluate_device, train_device, use_device_loop
 from bench.method import Method, MethodContext
 
 
@@ -42,6 +43,9 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float,
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"Unknown optimizer '{name}'. Allowed: sgd, adamw, adam")
+
+
+LOOP_KIT = LoopKit(TrainStats, make_optimizer, NonFiniteLossError)  # for the device loop
 
 
 def train(
@@ -76,15 +80,13 @@ def train(
     if epochs <= 0:
         return stats
     device = next(model.parameters()).device
-    from bench.fasttrain import train_device, use_device_loop
-
     if use_device_loop(device, loop, precision, compile):
         return train_device(
             model, data, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
             weight_decay=weight_decay, momentum=momentum, schedule=schedule,
             warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment,
             seed=seed, method=method, ctx=ctx, phase=phase, progress=progress,
-            precision=precision, compile=compile)
+            precision=precision, compile=compile, kit=LOOP_KIT)
     if precision == "bf16" or compile:
         raise ValueError("precision bf16 and compile need the device loop (loop: device or auto)")
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, momentum)
@@ -155,8 +157,6 @@ def evaluate(model: nn.Module, data: DataBundle, split: str = "test",
     """Top-1 (and top-5 when there are more than 5 classes) accuracy and mean loss."""
     device = next(model.parameters()).device
     if device.type == "cuda":
-        from bench.fasttrain import evaluate_device
-
         return evaluate_device(model, data, split, batch_size)
     model.eval()
     n, correct1, correct5, loss_sum = 0, 0, 0, 0.0

@@ -16,9 +16,14 @@ from bench.fasttrain import (
     train_device,
     use_device_loop,
 )
-from bench.train import evaluate, train
+from bench.train import LOOP_KIT, evaluate, train
 
 SIZE, PAD = 12, 4
+
+
+def dev_train(model, data, **kw):
+    """The device loop called directly (bench.train.train calls it on CUDA)."""
+    return train_device(model, data, kit=LOOP_KIT, **kw)
 
 
 def position_images(n: int) -> torch.Tensor:
@@ -122,8 +127,8 @@ def test_channels_last_gives_the_contiguous_loss():
     data = tiny_bundle()
     a, b = convnet(), convnet()
     budget = {**BUDGET, "optimizer": "sgd", "lr": 0.05}  # Adam would magnify rounding of ~0 grads
-    plain = train_device(a, data, channels_last=False, **budget)
-    last = train_device(b, data, **budget)  # a convnet: channels_last by default
+    plain = dev_train(a, data, channels_last=False, **budget)
+    last = dev_train(b, data, **budget)  # a convnet: channels_last by default
     for ra, rb in zip(plain.history, last.history):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4, abs=1e-5)
     for pa, pb in zip(a.parameters(), b.parameters()):
@@ -134,13 +139,13 @@ def test_channels_last_gives_the_contiguous_loss():
 def test_bf16_autocast_trains_and_compile_gives_the_same_loss():
     data = tiny_bundle()
     a = mlp()
-    ref = train_device(a, data, precision="fp32", **BUDGET)
+    ref = dev_train(a, data, precision="fp32", **BUDGET)
     b = mlp()
-    bf = train_device(b, data, precision="bf16", **BUDGET)
+    bf = dev_train(b, data, precision="bf16", **BUDGET)
     assert bf.history[-1]["loss"] == pytest.approx(ref.history[-1]["loss"], rel=0.05)
     assert all(p.dtype == torch.float32 for p in b.parameters())  # master weights stay fp32
     c = mlp()
-    compiled = train_device(c, data, precision="fp32", compile=True, compile_backend="eager",
+    compiled = dev_train(c, data, precision="fp32", compile=True, compile_backend="eager",
                             **BUDGET)
     assert compiled.history[-1]["loss"] == pytest.approx(ref.history[-1]["loss"], rel=1e-5)
 
@@ -164,7 +169,7 @@ def test_a_non_finite_loss_stops_at_the_end_of_the_epoch():
     with torch.no_grad():
         model[1].weight.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match="epoch 0, step 0"):
-        train_device(model, data, **BUDGET)
+        dev_train(model, data, **BUDGET)
 
 
 def test_device_data_is_uint8_and_moved_once():
@@ -175,3 +180,31 @@ def test_device_data_is_uint8_and_moved_once():
     x, y = next(dd.batches("train", 8))
     hx, hy = next(data.batches("train", 8))
     assert torch.equal(x, hx) and torch.equal(y, hy)
+
+
+def test_precision_is_chosen_in_the_suite_and_recorded(tiny_suite, write_suite, tmp_path):
+    import json
+
+    from bench.cli import main
+
+    tiny_suite["train"]["precision"] = "bf16"  # on a CPU this selects the device loop
+    tiny_suite["finetune"]["precision"] = "fp32"
+    results = tmp_path / "results"
+    assert main(["run", str(write_suite(tiny_suite)), "--results", str(results)]) == 0
+    records = [json.loads(p.read_text()) for p in results.glob("cells/*.json")]
+    assert len(records) == 2
+    for r in records:
+        assert r["precision"] == {"train": "bf16", "train_loop": "device",
+                                  "finetune": "fp32", "finetune_loop": "host"}
+        assert r["cell"]["train"]["precision"] == "bf16"
+    tiny_suite["train"]["precision"] = "fp32"  # another precision is another cell
+    tiny_suite["finetune"].pop("precision")
+    from bench.cells import expand
+    from bench.suite import load_suite
+
+    ids = {c.id for c in expand(load_suite(write_suite(tiny_suite, "fp32.yaml"))[0])}
+    assert not ids & {r["cell_id"] for r in records}
+    with pytest.raises(Exception, match="precision bf16 and compile need loop: device or auto"):
+        from bench.suite import TrainBudget
+
+        TrainBudget(precision="bf16", loop="host")

@@ -6,9 +6,12 @@ import errno
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from torch import nn
 
+from bench import Method, MethodContext, Target
 from bench.cli import main
 from bench.data import DatasetMissingError
 from bench.preflight import PreflightError, is_environment_error, preflight
@@ -81,3 +84,52 @@ def test_methods_into_a_closed_pipe_prints_no_traceback():
     proc = subprocess.run(f"{sys.executable} -m bench.cli methods | head -1", shell=True,
                           capture_output=True, text=True, timeout=120)
     assert proc.stdout.count("\n") == 1 and proc.stderr == "", proc.stderr
+
+
+class FullDisk(Method):
+    """Keeps the model as it is, or fails the way a full disk does while the flag file exists."""
+
+    name = "test-full-disk"
+    flag: Path | None = None
+
+    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
+        if FullDisk.flag is not None and FullDisk.flag.exists():
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError as exc:
+                raise RuntimeError("could not write the factors") from exc
+        return model
+
+
+def test_a_full_disk_in_a_cell_writes_no_record_and_the_rerun_computes_it(
+        tiny_suite, write_suite, tmp_path, capsys):
+    FullDisk.flag = tmp_path / "disk-full"
+    FullDisk.flag.touch()
+    tiny_suite["methods"] = [{"name": "dense"},
+                             {"name": "tests.test_preflight:FullDisk", "label": "full-disk"}]
+    path, results = write_suite(tiny_suite), tmp_path / "results"
+    argv = ["run", str(path), "--results", str(results)]
+    try:
+        assert main(argv) == 1
+        out = capsys.readouterr().out
+        assert "stopped by the environment, not recorded" in out and "RuntimeError" in out
+        records = [json.loads(p.read_text()) for p in results.glob("cells/*.json")]
+        assert [r["method"] for r in records] == ["dense"]  # no failed record for the method
+        FullDisk.flag.unlink()
+        assert main(argv) == 0
+        records = [json.loads(p.read_text()) for p in results.glob("cells/*.json")]
+        assert sorted(r["method"] for r in records) == ["dense", "full-disk"]
+        assert {r["status"] for r in records} == {"ok"}
+    finally:
+        FullDisk.flag = None
+
+
+def test_missing_data_inside_a_worker_is_not_recorded(cifar_suite, tmp_path, monkeypatch):
+    from bench.runner import run_suite
+
+    monkeypatch.setenv("LOWRANK_BENCH_OFFLINE", "1")
+    results = tmp_path / "results"
+    summary = run_suite(Suite(**cifar_suite), results, data_root=str(tmp_path / "data"),
+                        say=lambda s: None)
+    assert len(summary.environment) == 1 and "dataset 'cifar10' not found" in summary.environment[0]
+    assert summary.failed == [] and not list(results.glob("cells/*.json"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench.cells import expand
@@ -65,6 +67,8 @@ def test_run_only_names_the_slice_and_runs_only_it(tiny_suite, write_suite, tmp_
     assert main(["run", str(path), "--results", str(results), "--only", "method=dense"]) == 0
     out = capsys.readouterr().out
     assert "slice of suite 'tiny': method=dense" in out
-    assert len(list(results.glob("cells/*.json"))) == 1
+    records = [json.loads(p.read_text()) for p in results.glob("cells/*.json")]
+    assert len(records) == 1 and records[0]["slice"] == "method=dense"
+    assert records[0]["suite_hash"] == load_suite(path)[0].hash()  # the whole suite's
     assert main(["run", str(path), "--results", str(results), "--only", "method=nope"]) == 2
     assert "Unknown method in this suite 'nope'" in capsys.readouterr().err
