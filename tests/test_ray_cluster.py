@@ -131,8 +131,10 @@ def test_two_node_cluster_with_a_killed_worker_completes_every_cell_once(
         assert main(["run", str(path), "--results", str(serial)]) == 0
     finally:
         torch.set_num_threads(threads)
+    # RAY_AUTH_MODE explicit: newer Ray turns token auth on for a head that finds a
+    # ~/.ray/auth_token (left by any local ray.init) and the joining node must match it
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     cluster = Cluster(env)
     results = tmp_path / "ray"
     cmd = [sys.executable, "-m", "bench.cli", "run", str(path), "--results", str(results),
