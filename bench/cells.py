@@ -93,6 +93,19 @@ def method_label(name: str, label: str | None, params: dict, grid_keys: list[str
     return name
 
 
+def bind_target(cls: type, params: dict, target: dict[str, float] | None) -> dict:
+    """A cell's parameters: a method whose training depends on the target binds it in.
+
+    A method may define ``params_for_target(params, target) -> params``; the
+    bound target is then part of the cell's params, hence of its training key,
+    so a "train" method trains one model per target instead of sharing one.
+    """
+    bind = getattr(cls, "params_for_target", None)
+    if bind is None or target is None:
+        return params
+    return cls.Params(**bind(dict(params), dict(target))).model_dump(mode="json")
+
+
 def expand(suite: Suite) -> list[Cell]:
     """All cells of a suite, grouped by (model, dataset, seed) in a stable order."""
     cells: list[Cell] = []
@@ -108,7 +121,8 @@ def expand(suite: Suite) -> list[Cell]:
                         for target in (targets if cls.uses_target else [None]):
                             cells.append(Cell(
                                 model=model, dataset=dataset, seed=seed, method=spec.name,
-                                method_label=label, params=full, target=target,
+                                method_label=label, params=bind_target(cls, full, target),
+                                target=target,
                                 train=suite.train, finetune=suite.finetune,
                                 latency=suite.latency))
     seen: set[str] = set()

@@ -75,7 +75,8 @@ def cmd_run(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if summary.computed:
-        print(f"done: {summary.ok} ok, {len(summary.failed)} failed, {summary.skipped} reused, "
+        na = f"{summary.not_applicable} not applicable, " if summary.not_applicable else ""
+        print(f"done: {summary.ok} ok, {na}{len(summary.failed)} failed, {summary.skipped} reused, "
               f"{summary.seconds:.1f}s; records in {results}/cells")
         if summary.seconds > 0:
             if summary.jobs == 1:

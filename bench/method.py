@@ -21,6 +21,18 @@ from torch import Tensor, nn
 Metric = Literal["params", "macs"]
 
 
+class NotApplicableError(Exception):
+    """A method cannot reach a target on this model (e.g. nothing it can factorize enough).
+
+    Raised from ``compress``; the harness records the cell as ``not_applicable``
+    with ``reason`` and no metrics, never as a ranked row or a failure.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class NoParams(BaseModel):
     """Parameters of a method that takes none."""
 
@@ -148,7 +160,14 @@ class Method:
         """Weight decay for this method's own training; the suite's by default."""
         return default
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
+    def uncompressed(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
+        """The deployable model of a cell with no target (the harness calls this, never
+        ``compress``, then): the dense reference row, or a "train" method's own model at
+        full size. The model itself by default; a method whose trained form is not plain
+        modules (factors to merge, masks to drop) overrides it."""
+        return model
+
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         """Return the deployable model meeting ``target``: plain modules only."""
         raise NotImplementedError("subclass must implement compress()")
 

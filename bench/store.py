@@ -76,6 +76,8 @@ def valid_record(record: Any, cell_id: str) -> bool:
         return isinstance(record.get("metrics"), dict) and isinstance(record.get("cost"), dict)
     if status == "failed":
         return isinstance(record.get("error"), dict)
+    if status == "not_applicable":
+        return isinstance(record.get("reason"), str)
     return False
 
 
@@ -155,7 +157,8 @@ class ResultStore:
         record = self.load(cell_id)
         if record is None:
             return False
-        return not (retry_failed and record.get("status") != "ok")
+        # a not-applicable cell is a result (the method cannot reach the target), not a failure
+        return not (retry_failed and record.get("status") == "failed")
 
     def save(self, record: dict) -> None:
         record = {"schema": RECORD_SCHEMA, **record}

@@ -9,9 +9,11 @@ all of them on:
   such ranks timed on this device: the largest table rank within the budget,
   unless a smaller one is at least ``step_gain`` faster (a latency step), in
   which case the fastest (ties within ``tie_tolerance`` to the larger rank);
-- skip rule: a layer is decomposed only where its factorized form is
-  measurably faster than dense (timed; a least-squares line through the
-  table's timings, so one noisy sample does not decide), or, with timing off, where its MACs
+- skip rule: a layer at a rank is decomposed where paired, interleaved
+  timings (methods.layers.paired_timing) show its factorized form clearly
+  faster than dense, kept dense where they show it clearly slower, and where
+  the difference is within ``speed_margin`` plus the timing noise (or timing
+  is off, or the rank was not timed) decided by MACs: decomposed when they
   fall below ``skip_threshold`` of dense. Where the budget cannot be met that
   way, the layers with the largest MAC saving are decomposed anyway, one at a
   time, until it can (the budget wins over speed);
@@ -25,6 +27,11 @@ all of them on:
   one dense layer or as a factorized pair through the narrowest inner width,
   whichever costs fewer MACs.
 
+``techniques`` switches each technique (and the greedy top-up of left-over
+budget, which is ours) on or off, so a suite can list ablation rows; every
+cell also records ``accel_ablation``: the validation top-1 (before
+fine-tuning) and MACs of plain SVD and of each technique added in turn.
+
 Our choices where the papers leave room: timing is per layer on random inputs
 of the layer's real shape at the suite's batch sizes (mean relative time over
 ``timing_batches``), single-threaded by default like the suite's latency; when
@@ -34,19 +41,29 @@ The papers fine-tune with frozen factors for speed on GPU/NPU; we measure CPU.
 
 from __future__ import annotations
 
-import statistics
-from dataclasses import dataclass, field
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from bench import Method, MethodContext, Target, register_method
-from bench.measure.latency import time_model
-from methods.layers import LowRankConv2d, LowRankLinear, factorize, select_layers, set_module
-from methods.layers.ranks import LayerSpectrum, RankSelection, ranks_for_knob
+from methods.accel_ablation import ablation_record
+from methods.layers import LowRankConv2d, LowRankLinear, factorize, set_module
+from methods.layers.freezing import SequentialFreezer, factor_pairs
+from methods.layers.merging import merge_linear_chains, merge_maps
+from methods.layers.paired_timing import LayerTimings, paired_timings
+from methods.layers.ranks import LayerSpectrum, RankSelection, pick_rank_rule, ranks_for_knob
 from methods.layers.surgery import probe_layers
-from methods.svd import SVDParams, layer_spectra
+from methods.svd import SVDParams, decompose_to_budget, layer_spectra
+
+__all__ = ["AccelParams", "SVDAccel", "SequentialFreezer", "decompose_accel", "factor_pairs",
+           "merge_linear_chains", "merge_maps", "quantize_rank"]
+
+Technique = Literal["rounding", "top_up", "skip", "freezing", "merging"]
+TECHNIQUES: tuple[Technique, ...] = ("rounding", "top_up", "skip", "freezing", "merging")
 
 
 class AccelParams(BaseModel):
@@ -63,9 +80,11 @@ class AccelParams(BaseModel):
     timing_batches: list[int] = Field(default_factory=lambda: [1, 64],
                                       description="batch sizes the layer timings average over")
     timing_threads: int = Field(default=1, ge=1, description="CPU threads while timing")
-    timing_rounds: int = Field(default=3, ge=1, description="interleaved timing rounds (median)")
+    timing_rounds: int = Field(default=7, ge=1, description="paired interleaved timing rounds "
+                               "(median ratio, noise from their spread)")
     speed_margin: float = Field(default=0.05, ge=0.0, lt=1.0,
-                                description="factorized must be this much faster to be used")
+                                description="timings decide only beyond this margin (plus "
+                                "noise) from parity; within it the MACs rule decides")
     skip_threshold: float = Field(default=0.8, gt=0.0, le=1.0,
                                   description="without timing: decompose only below this "
                                   "fraction of the dense layer's MACs")
@@ -79,6 +98,19 @@ class AccelParams(BaseModel):
     freeze_every: int = Field(default=1, ge=1, description="epochs (or steps) per turn")
     freeze_unit: str = Field(default="epoch", pattern="^(epoch|step)$")
     merge_layers: bool = Field(default=True, description="multiply adjacent linear maps")
+    techniques: list[Technique] = Field(
+        default_factory=lambda: list(TECHNIQUES), description="techniques on: rounding "
+        "(rank quantization/table), top_up (greedy use of left-over budget), skip (skip "
+        "rule), freezing (sequential freezing), merging; the options above configure them")
+    ablation: bool = Field(default=True, description="record accel_ablation: val top-1 and "
+                           "MACs of plain SVD and each technique added in turn")
+
+    def uses(self, technique: Technique) -> bool:
+        """Whether a technique is on: listed in ``techniques`` and not disabled by its option."""
+        if technique not in self.techniques:
+            return False
+        return {"rounding": bool(self.rank_multiple), "freezing": self.sequential_freezing,
+                "merging": self.merge_layers}.get(technique, True)
 
 
 # -- rank quantization ----------------------------------------------------------------
@@ -115,26 +147,6 @@ def layer_inputs(model: nn.Module, layers: dict[str, nn.Module],
     return shapes
 
 
-@dataclass
-class LayerTimings:
-    """Relative time (factorized / dense, mean over batch sizes) per candidate rank."""
-
-    dense_ms: dict[int, float] = field(default_factory=dict)
-    relative: dict[int, float] = field(default_factory=dict)
-
-    def fitted(self, rank: int) -> float:
-        """Least-squares line through (rank, relative time): the skip rule's denoised view."""
-        pts = list(self.relative.items())
-        if len(pts) < 2:
-            return pts[0][1] if pts else float("inf")
-        n = len(pts)
-        mx = sum(r for r, _ in pts) / n
-        my = sum(t for _, t in pts) / n
-        var = sum((r - mx) ** 2 for r, _ in pts)
-        slope = sum((r - mx) * (t - my) for r, t in pts) / var if var else 0.0
-        return my + slope * (rank - mx)
-
-
 _TIMING_CACHE: dict[tuple, LayerTimings] = {}
 
 
@@ -147,36 +159,24 @@ def _layer_key(layer: nn.Module, in_shape: tuple[int, ...]) -> tuple:
 
 def time_layer(layer: nn.Module, in_shape: tuple[int, ...], ranks: list[int],
                opts: AccelParams) -> LayerTimings:
-    """Time dense and factorized forms of ``layer`` (random weights of the same shapes).
+    """Paired timings of ``layer`` against its factorized forms (random weights, same shapes).
 
     Layers of equal shape share one timing (cached for the process), so blocks
-    repeated through a network and later targets cost nothing more.
+    repeated through a network and later targets cost nothing more and decide
+    alike.
     """
     key = (_layer_key(layer, in_shape), tuple(ranks), tuple(opts.timing_batches),
            opts.timing_threads, opts.timing_rounds)
     if key in _TIMING_CACHE:
         return _TIMING_CACHE[key]
-    out = LayerTimings()
-    kw = dict(threads=opts.timing_threads, warmup=3, min_runs=11, min_seconds=0.01)
     layer = layer.cpu()
     facts: dict[int, nn.Module] = {}
     for r in ranks:
         facts[r] = LowRankLinear(layer.in_features, layer.out_features, r,
                                  bias=layer.bias is not None) \
             if isinstance(layer, nn.Linear) else LowRankConv2d(layer, r)
-    # Interleaved rounds, median over rounds: a busy neighbour slows every
-    # candidate of a round alike instead of deciding one comparison.
-    per_round: dict[int, list[float]] = {r: [] for r in ranks}
-    for _ in range(opts.timing_rounds):
-        rel = dict.fromkeys(ranks, 0.0)
-        for bs in opts.timing_batches:
-            dense = time_model(layer, in_shape, bs, **kw).median_ms
-            out.dense_ms[bs] = dense
-            for r in ranks:
-                rel[r] += time_model(facts[r], in_shape, bs, **kw).median_ms / max(dense, 1e-9)
-        for r in ranks:
-            per_round[r].append(rel[r] / len(opts.timing_batches))
-    out.relative = {r: statistics.median(v) for r, v in per_round.items()}
+    out = paired_timings(layer, facts, in_shape, list(opts.timing_batches), opts.timing_rounds,
+                         opts.timing_threads)
     _TIMING_CACHE[key] = out
     return out
 
@@ -204,8 +204,8 @@ class AccelRankChooser:
         """Quantized rank; with a timed table, a smaller table rank when it is clearly faster."""
         rank = quantize_rank(raw, multiple, sp.full_rank)
         timing = self.timings.get(sp.path)
-        if not (self.opts.rank_table and timing and timing.relative
-                and multiple == self.opts.rank_multiple):
+        if not (self.opts.rank_table and self.opts.uses("rounding") and timing
+                and timing.relative and multiple == self.opts.rank_multiple):
             return rank
         allowed = {r: t for r, t in timing.relative.items() if r <= rank}
         if not allowed:
@@ -216,12 +216,22 @@ class AccelRankChooser:
             return top  # no latency step below the budget's rank: keep the accuracy
         return max(r for r, t in allowed.items() if t <= fastest * (1 + self.opts.tie_tolerance))
 
+    def basis(self, sp: LayerSpectrum, rank: int) -> str:
+        """What the skip rule decides ``rank`` of a layer from: a timed verdict or MACs."""
+        timing = self.timings.get(sp.path)
+        if self.opts.timing and timing and rank in timing.pairs:
+            verdict = timing.pairs[rank].verdict(self.opts.speed_margin)
+            return f"timed {verdict}" if verdict != "tie" else "macs (timings within noise)"
+        return "macs (not timed)" if self.opts.timing else "macs"
+
     def worth_it(self, sp: LayerSpectrum, rank: int) -> bool:
         if sp.saving(rank, self.metric) <= 0:
             return False
-        timing = self.timings.get(sp.path)
-        if self.opts.timing and timing and timing.relative and rank >= min(timing.relative):
-            return timing.fitted(rank) < 1.0 - self.opts.speed_margin
+        if not self.opts.uses("skip"):
+            return True
+        basis = self.basis(sp, rank)
+        if basis.startswith("timed"):
+            return basis == "timed faster"
         frac = sp.factorized_cost(rank, "macs") / max(1, sp.dense_cost("macs"))
         return frac < self.opts.skip_threshold
 
@@ -239,7 +249,7 @@ class AccelRankChooser:
                                  for sp in self.spectra)
 
     def choose(self, dense_total: int, budget: float, grid: int = 256) -> Plan:
-        multiple = self.opts.rank_multiple
+        multiple = self.opts.rank_multiple if self.opts.uses("rounding") else None
         while True:
             forced: set[str] = set()
             order = sorted(self.spectra, key=lambda sp: -sp.saving(
@@ -263,7 +273,9 @@ class AccelRankChooser:
             c = self.cost(cand, dense_total)
             if best_cost < c <= budget:
                 best, best_cost = cand, c
-        return Plan(self.fill(best, dense_total, budget, multiple), multiple, sorted(forced))
+        if self.opts.uses("top_up"):
+            best = self.fill(best, dense_total, budget, multiple)
+        return Plan(best, multiple, sorted(forced))
 
     def fill(self, ranks: dict[str, int | None], dense_total: int, budget: float,
              multiple: int | None) -> dict[str, int | None]:
@@ -308,7 +320,7 @@ def decompose_accel(model: nn.Module, target: Target, ctx: MethodContext,
     reference = ctx.dense_cost.get(metric) if ctx.dense_cost else dense_total
     budget = target.ratio * reference
     timings: dict[str, LayerTimings] = {}
-    if opts.timing:
+    if opts.timing and (opts.uses("skip") or (opts.rank_table and opts.uses("rounding"))):
         shapes = layer_inputs(model, layers, ctx.input_shape)
         multiple = opts.rank_multiple or 1
         for sp in spectra:
@@ -330,143 +342,22 @@ def decompose_accel(model: nn.Module, target: Target, ctx: MethodContext,
     assert plan is not None
     ctx.record("ranks", dict(plan.ranks))
     ctx.record("full_ranks", {sp.path: sp.full_rank for sp in spectra})
+    ctx.record("rank_selection", selection)
     ctx.record("rank_multiple", plan.multiple)
     ctx.record("forced_by_budget", plan.forced)
+    by_path = {sp.path: sp for sp in spectra}
+    ctx.record("skip_basis", {path: chooser.basis(by_path[path], r) for path, r in
+                              plan.ranks.items() if r is not None} if opts.uses("skip") else {})
     if timings:
         ctx.record("relative_layer_time", {p: {str(r): round(t, 3) for r, t in lt.relative.items()}
                                            for p, lt in timings.items()})
+        ctx.record("skip_timings", {p: {str(r): pt.as_record(opts.speed_margin)
+                                        for r, pt in lt.pairs.items()}
+                                    for p, lt in timings.items()})
     if achieved > budget:
         ctx.logger.warning("%s budget %s not reachable: %.4f of dense", metric, target.label,
                            achieved / reference)
     return model
-
-
-# -- layer merging --------------------------------------------------------------------
-
-def _linear_maps(module: nn.Module) -> list[nn.Linear] | None:
-    if type(module) is nn.Linear:
-        return [module]
-    if isinstance(module, LowRankLinear):
-        return [module.first, module.second]
-    return None
-
-
-def _transparent(module: nn.Module) -> bool:
-    return isinstance(module, nn.Identity) or (isinstance(module, nn.Dropout) and module.p == 0)
-
-
-def merge_maps(maps: list[nn.Linear]) -> nn.Module:
-    """One module computing maps[-1](...maps[0](x)): dense or a pair through the narrowest width."""
-    dims = [maps[0].in_features] + [m.out_features for m in maps]
-    inner = min(range(1, len(dims) - 1), key=lambda i: dims[i])
-
-    def compose(chain: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        w = chain[0].weight.detach().double()
-        b = None if chain[0].bias is None else chain[0].bias.detach().double()
-        for m in chain[1:]:
-            mw = m.weight.detach().double()
-            w = mw @ w
-            b = None if b is None else mw @ b
-            if m.bias is not None:
-                b = m.bias.detach().double() if b is None else b + m.bias.detach().double()
-        return w, b
-
-    d0, dm, dn = dims[0], dims[inner], dims[-1]
-    dtype, device = maps[0].weight.dtype, maps[0].weight.device
-    if d0 * dn <= dm * (d0 + dn):
-        w, b = compose(maps)
-        out = nn.Linear(d0, dn, bias=b is not None)
-        with torch.no_grad():
-            out.weight.copy_(w.to(dtype))
-            if b is not None:
-                out.bias.copy_(b.to(dtype))
-        return out.to(device)
-    w1, b1 = compose(maps[:inner])
-    w2, b2 = compose(maps[inner:])
-    if b1 is not None:  # push the inner bias through the second half
-        b2 = w2 @ b1 if b2 is None else b2 + w2 @ b1
-    out = LowRankLinear.from_factors(w1.to(dtype), w2.to(dtype),
-                                     None if b2 is None else b2.to(dtype))
-    return out.to(device)
-
-
-def merge_linear_chains(model: nn.Module) -> int:
-    """Merge runs of linear maps inside every nn.Sequential, in place; returns merges done."""
-    merged = 0
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        names = list(seq._modules)
-        i = 0
-        while i < len(names):
-            maps = _linear_maps(seq._modules[names[i]])
-            if maps is None:
-                i += 1
-                continue
-            run, j = [names[i]], i + 1
-            chain = list(maps)
-            while j < len(names):
-                mod = seq._modules[names[j]]
-                nxt = _linear_maps(mod)
-                if nxt is not None:
-                    chain += nxt
-                    run.append(names[j])
-                elif not _transparent(mod):
-                    break
-                j += 1
-            linears = [n for n in run if _linear_maps(seq._modules[n]) is not None]
-            if len(linears) > 1:
-                seq._modules[run[0]] = merge_maps(chain)
-                for n in run[1:]:
-                    seq._modules[n] = nn.Identity()
-                merged += len(linears) - 1
-            i = j
-    return merged
-
-
-# -- sequential freezing --------------------------------------------------------------
-
-def factor_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-    """(first, second) of every decomposed pair: modules with ``first``/``second`` children."""
-    pairs = []
-    for m in model.modules():
-        a, b = getattr(m, "first", None), getattr(m, "second", None)
-        if isinstance(a, nn.Module) and isinstance(b, nn.Module):
-            pairs.append((a, b))
-    return pairs
-
-
-class SequentialFreezer:
-    """Alternates which factor of each pair trains, during fine-tuning only.
-
-    Freezing is by ``requires_grad``: the optimizer is built with every
-    parameter before the first step, and SGD/Adam(W) skip a parameter whose
-    gradient is None, so a frozen factor is neither stepped nor decayed.
-    """
-
-    def __init__(self, every: int = 1, unit: str = "epoch"):
-        self.every, self.unit = every, unit
-        self.frozen: str | None = None
-
-    def turn(self, ctx: MethodContext) -> str:
-        tick = ctx.epoch if self.unit == "epoch" else ctx.step
-        return "first" if (tick // self.every) % 2 == 0 else "second"
-
-    def apply(self, model: nn.Module, frozen: str | None) -> None:
-        for first, second in factor_pairs(model):
-            for name, mod in (("first", first), ("second", second)):
-                for p in mod.parameters():
-                    p.requires_grad_(name != frozen)
-        self.frozen = frozen
-
-    def before_step(self, model: nn.Module, ctx: MethodContext) -> None:
-        if ctx.phase != "finetune":
-            return
-        want = self.turn(ctx)
-        if want != self.frozen:
-            self.apply(model, want)
-
-    def on_epoch_end(self, model: nn.Module, ctx: MethodContext) -> None:
-        if ctx.phase == "finetune" and ctx.epoch >= ctx.epochs - 1:
-            self.apply(model, None)  # hand back a fully trainable model
 
 
 # -- the method -----------------------------------------------------------------------
@@ -488,18 +379,32 @@ class SVDAccel(Method):
         super().__init__(params)
         p: SVDAccelParams = self.params
         self.freezer = SequentialFreezer(p.freeze_every, p.freeze_unit) \
-            if p.sequential_freezing else None
+            if p.uses("freezing") else None
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
-        if target is None:
-            return model
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         p: SVDAccelParams = self.params
-        layers = select_layers(model, p.include or None, p.exclude or None,
-                               p.skip_first_conv, p.skip_classifier)
-        model = decompose_accel(model, target, ctx, layers, p.rank_selection, p)
-        if p.merge_layers:
-            ctx.record("merged_layers", merge_linear_chains(model))
-        return model
+
+        def build(rule: RankSelection, opts: SVDAccelParams = p,
+                  merge: bool = True) -> tuple[nn.Module, dict]:
+            trial, sub = copy.deepcopy(model), dataclasses.replace(ctx, info={})
+            layers = p.select(trial)
+            if not opts.techniques:
+                return decompose_to_budget(trial, target, sub, layers, rule), sub.info
+            trial = decompose_accel(trial, target, sub, layers, rule, opts)
+            if merge and opts.uses("merging"):
+                sub.record("merged_layers", merge_linear_chains(trial))
+            return trial, sub.info
+
+        out = pick_rank_rule(p.rank_selection, build, ctx)
+        if p.ablation:
+            rule = ctx.info["rank_rule_choice"]["chosen"]
+
+            def stage(techniques: list[str]) -> nn.Module:
+                opts = p.model_copy(update={"techniques": techniques})
+                return build(rule, opts, merge="merging" in techniques)[0]
+
+            ctx.record("accel_ablation", ablation_record(stage, ctx, rule))
+        return out
 
     def before_step(self, model: nn.Module, ctx: MethodContext) -> None:
         if self.freezer is not None:

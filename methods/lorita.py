@@ -51,8 +51,8 @@ from torch import Tensor, nn
 
 from bench import Method, MethodContext, Target, register_method
 from methods.layers import select_layers, set_module, weight_matrix
-from methods.layers.ranks import RankSelection, effective_rank
-from methods.svd import decompose_to_budget
+from methods.layers.ranks import RankRule, effective_rank
+from methods.svd import svd_to_budget
 
 FactorInit = Literal["orthogonal", "default"]
 
@@ -207,8 +207,9 @@ class LoRITaParams(BaseModel):
     init: FactorInit = Field(
         default="default", description="init of the added square factors: default "
         "(PyTorch's, as the authors) or orthogonal (merged weight starts as the plain init)")
-    rank_selection: RankSelection = Field(
-        default="local", description="local, global or energy (as in svd)")
+    rank_selection: RankRule = Field(
+        default="auto", description="auto (best on validation), local, global or energy "
+        "(as in svd)")
     include: list[str] = Field(default_factory=list, description="module path patterns to "
                                "factorize in training and truncate")
     exclude: list[str] = Field(default_factory=list,
@@ -243,6 +244,6 @@ class LoRITa(Method):
         ctx.record("effective_rank_99", ranks)
         if target is None:
             return model
-        layers = select_layers(model, p.include or None, p.exclude or None,
-                               p.skip_first_conv, p.skip_classifier)
-        return decompose_to_budget(model, target, ctx, layers, p.rank_selection)
+        return svd_to_budget(model, target, ctx, lambda m: select_layers(
+            m, p.include or None, p.exclude or None, p.skip_first_conv, p.skip_classifier),
+            p.rank_selection)

@@ -181,9 +181,7 @@ class _Prune(Method):
     Params = PruneParams
     importance: ClassVar[str] = ""
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
-        if target is None:
-            return model
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         pruned, ratio = prune_to_budget(model, target, ctx, self.importance, self.params)
         ctx.record("pruning_ratio", ratio)
         ctx.record("channels", channel_summary(pruned))

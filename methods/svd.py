@@ -4,29 +4,39 @@ Each selected layer W (out x in, or out x in*k*k for a conv) becomes
 U_r sqrt(S_r) @ sqrt(S_r) V_r^T deployed as two real layers (see
 methods.layers). Ranks come from one of the rules in methods.layers.ranks and
 are searched so the whole model's params or MACs land at or under the target.
-Post-training: the harness fine-tunes afterwards under the common budget.
+``rank_selection: auto`` (the default) runs all three rules and keeps the one
+whose compressed model scores best on the validation split (recorded as
+``rank_rule_choice``). Post-training: the harness fine-tunes afterwards under
+the common budget.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+from collections.abc import Callable
+
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from bench import Method, MethodContext, Target, register_method
-from methods.layers import factorize, layer_positions, select_layers, set_module, weight_matrix
-from methods.layers.ranks import LayerSpectrum, RankSelection, choose_ranks
+from methods.layers import factorize, layer_positions, set_module, weight_matrix
+from methods.layers.ranks import (
+    LayerSpectrum,
+    RankRule,
+    RankSelection,
+    choose_ranks,
+    pick_rank_rule,
+)
+from methods.layers.selection import LayerSelection
 
 
-class SVDParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    rank_selection: RankSelection = Field(
-        default="local", description="local (same fraction), global (pooled normalised "
-        "singular values) or energy (kept spectral energy)")
-    include: list[str] = Field(default_factory=list, description="module path patterns to use")
-    exclude: list[str] = Field(default_factory=list, description="module path patterns to skip")
-    skip_first_conv: bool = True
-    skip_classifier: bool = True
+class SVDParams(LayerSelection):
+    rank_selection: RankRule = Field(
+        default="auto", description="auto (the rule whose compressed model scores best on "
+        "the validation split), local (same fraction), global (pooled normalised singular "
+        "values) or energy (kept spectral energy)")
 
 
 def layer_spectra(model: nn.Module, layers: dict[str, nn.Module],
@@ -77,6 +87,24 @@ def decompose_to_budget(model: nn.Module, target: Target, ctx: MethodContext,
     return model
 
 
+Selector = Callable[[nn.Module], dict[str, nn.Module]]
+
+
+def svd_to_budget(model: nn.Module, target: Target, ctx: MethodContext, select: Selector,
+                  selection: RankRule) -> nn.Module:
+    """Truncated SVD to ``target`` with the given rank rule, or ``auto``: the best on val.
+
+    Each rule compresses its own copy of ``model`` (layers picked by
+    ``select``) against a scratch context; see methods.layers.ranks.pick_rank_rule.
+    """
+    def build(rule: RankSelection) -> tuple[nn.Module, dict]:
+        trial = copy.deepcopy(model)
+        sub = dataclasses.replace(ctx, info={})
+        return decompose_to_budget(trial, target, sub, select(trial), rule), sub.info
+
+    return pick_rank_rule(selection, build, ctx)
+
+
 @register_method
 class SVD(Method):
     """Post-training truncated SVD (the baseline every low-rank method must beat)."""
@@ -86,10 +114,6 @@ class SVD(Method):
     Params = SVDParams
     description = "truncated SVD per layer, deployed as two thin layers"
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
-        if target is None:
-            return model
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         p: SVDParams = self.params
-        layers = select_layers(model, p.include or None, p.exclude or None,
-                               p.skip_first_conv, p.skip_classifier)
-        return decompose_to_budget(model, target, ctx, layers, p.rank_selection)
+        return svd_to_budget(model, target, ctx, p.select, p.rank_selection)

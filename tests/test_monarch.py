@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from bench.measure import count_macs, count_params, measure_cost
-from bench.method import MethodContext, Target
+from bench.method import MethodContext, NotApplicableError, Target
 from methods.layers.monarch import MonarchLinear, monarch_shape, monarch_weights
+from methods.layers.monarch_conv import MonarchConv2d
 from methods.monarch import Monarch, MonarchScratch
 
 # square, rectangular both ways, and nblocks that divide neither size
@@ -94,25 +95,37 @@ def test_monarch_method_meets_budget_with_smallest_nblocks(target):
     assert isinstance(out[3], MonarchLinear) and isinstance(out[5], nn.Linear)  # head dense
     nb = ctx.info["nblocks"]
     assert all(m.nblocks == nb for m in out.modules() if isinstance(m, MonarchLinear))
-    if nb > 2:  # one block fewer would not have met the budget
+    if nb > 2:  # one block fewer would not have met the budget: not applicable
         ctx2 = make_ctx(model, (1, 8, 8))
-        fewer = Monarch({"max_nblocks": nb - 1}).compress(copy.deepcopy(model), target, ctx2)
-        assert not ctx2.info["budget_met"]
-        assert measure_cost(fewer, (1, 8, 8)).get(target.metric) > got
+        with pytest.raises(NotApplicableError, match=target.label.replace("<", ".")):
+            Monarch({"max_nblocks": nb - 1}).compress(copy.deepcopy(model), target, ctx2)
     assert out(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
-def test_conv_dominated_model_lands_as_close_as_possible_and_says_so():
+def conv_net() -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3),
-                          nn.ReLU(), nn.Flatten(), nn.Linear(32 * 6 * 6, 64), nn.ReLU(),
-                          nn.Linear(64, 10))
+    return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(32 * 6 * 6, 64), nn.ReLU(),
+                         nn.Linear(64, 10))
+
+
+def test_conv_dominated_model_without_convs_is_not_applicable():
+    model = conv_net()
+    ctx = make_ctx(model, (1, 8, 8))
+    with pytest.raises(NotApplicableError, match=r"cannot reach macs<=0.25.*of dense macs"):
+        Monarch({"convs": False}).compress(copy.deepcopy(model), Target("macs", 0.25), ctx)
+
+
+def test_conv_dominated_model_meets_the_budget_with_monarch_convs():
+    model = conv_net()
     ctx = make_ctx(model, (1, 8, 8))
     out = Monarch().compress(copy.deepcopy(model), Target("macs", 0.25), ctx)
-    assert not ctx.info["budget_met"] and ctx.info["budget_over_by"] > 0
-    assert isinstance(out[5], MonarchLinear) and isinstance(out[2], nn.Conv2d)
+    assert ctx.info["budget_met"]
+    assert isinstance(out[5], MonarchLinear) and isinstance(out[2], MonarchConv2d)
+    assert isinstance(out[0], nn.Conv2d)  # the first conv stays dense
     assert ctx.info["achieved_ratio"] == pytest.approx(
-        measure_cost(out, (1, 8, 8)).macs / ctx.dense_cost.macs)
+        measure_cost(out, (1, 8, 8)).macs / ctx.dense_cost.macs) and \
+        ctx.info["achieved_ratio"] <= 0.25
 
 
 def test_monarch_on_timm_vit_counts_bmm_macs():

@@ -367,15 +367,25 @@ def analyse(suite: Suite, records: list[dict], expected: int, out_dir: Path) -> 
     failures = [{"model": r.model, "dataset": r.dataset, "seed": str(r.seed),
                  "method": r.method, "target": _pretty_target(r.target_metric, r.target_ratio),
                  "error_type": r.error_type or "error", "error": _one_line(r.error)}
-                for r in df[df.status != "ok"].sort_values(
+                for r in df[~df.status.isin(["ok", "not_applicable"])].sort_values(
                     ["model", "dataset", "method", "target_ratio", "seed"],
                     ascending=[True, True, True, False, True], na_position="first").itertuples()]
-    counts = {"ok": int((df.status == "ok").sum()), "failed": int((df.status != "ok").sum()),
-              "expected": expected}
-    counts["missing"] = max(0, expected - counts["ok"] - counts["failed"])
+    # cells a method cannot reach: shown with their reason, never ranked nor failed
+    not_applicable = [{"model": r.model, "dataset": r.dataset, "seed": str(r.seed),
+                       "method": r.method,
+                       "target": _pretty_target(r.target_metric, r.target_ratio),
+                       "reason": _one_line(r.reason)}
+                      for r in df[df.status == "not_applicable"].sort_values(
+                          ["model", "dataset", "method", "target_ratio", "seed"],
+                          ascending=[True, True, True, False, True]).itertuples()]
+    counts = {"ok": int((df.status == "ok").sum()), "failed": len(failures),
+              "not_applicable": len(not_applicable), "expected": expected}
+    counts["missing"] = max(0, expected - counts["ok"] - counts["failed"]
+                            - counts["not_applicable"])
     return {"suite": {"name": suite.name, "description": suite.description,
                       "data_note": suite.data_note or ""},
             "groups": groups, "failures": failures, "counts": counts,
+            "not_applicable": not_applicable,
             "methods": _methods(df),
             "ranking": [_rank_row(r) for r in ranking], "ranking_groups": len(groups),
             "provenance": _provenance(records, suite, counts)}

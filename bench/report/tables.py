@@ -84,6 +84,7 @@ def flatten(records: list[dict]) -> pd.DataFrame:
             "suite_hash": r.get("suite_hash"),
             "budget_met": budget.get("met"), "budget_over_by": _num(budget.get("over_by")),
             "error": err.get("message"), "error_type": err.get("type"),
+            "reason": r.get("reason"),
         }
         for key in SCALAR_METRICS:
             row[key] = _num(m.get(key))

@@ -31,6 +31,7 @@ class RunSummary:
     total: int = 0
     skipped: int = 0
     ok: int = 0
+    not_applicable: int = 0  # cells a method cannot reach: recorded, not failures
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)  # cell, error type, message
@@ -44,7 +45,7 @@ class RunSummary:
 
     @property
     def computed(self) -> int:
-        return self.ok + len(self.failed)
+        return self.ok + self.not_applicable + len(self.failed)
 
 
 class Driver:
@@ -163,6 +164,9 @@ class Driver:
             self.write(f"{n} {cell.describe()}: top1 {m['top1']:.4f} "
                        f"params x{m['params_ratio']:.3f} macs x{m['macs_ratio']:.3f}{timing} "
                        f"({record['cost'].get('cell_s', 0.0):.1f}s)")
+        elif record.get("status") == "not_applicable":
+            self.summary.not_applicable += 1
+            self.write(f"{n} {cell.describe()}: not applicable: {record.get('reason')}")
         else:
             err = record.get("error", {})
             self.summary.failed.append(cell.describe())

@@ -18,7 +18,7 @@ from torch import nn
 
 from bench.cells import Cell
 from bench.measure import environment, measure_deployable
-from bench.method import Cost
+from bench.method import Cost, NotApplicableError
 from bench.plugins import get_method
 from bench.run.stages import GroupStages, budget_kwargs, seed_everything
 from bench.train import evaluate, train
@@ -85,6 +85,41 @@ def training_precision(cell: Cell, device: Any) -> dict[str, str]:
     return out
 
 
+def not_applicable_reason(exc: BaseException) -> str | None:
+    """The reason when ``exc`` is (or was caused by) a method's NotApplicableError, else None.
+
+    A shared stage (a "train" method's ``prepare``) that found the target out of
+    reach fails its later cells with a StageFailedError caused by it: those are
+    not applicable too.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, NotApplicableError):
+            return e.reason
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def not_applicable_record(cell: Cell, reason: str, *, suite_name: str, suite_hash: str,
+                          data_info: dict | None = None) -> dict:
+    """A cell the method cannot reach: its reason and no metrics; never ranked, not a failure."""
+    return make_record(cell, "not_applicable", suite_name=suite_name, suite_hash=suite_hash,
+                       data_info=data_info, reason=reason)
+
+
+def error_record(cell: Cell, exc: BaseException, *, suite_name: str, suite_hash: str,
+                 data_info: dict | None = None) -> dict:
+    """The record of a cell that raised: not applicable, or failed (call inside ``except``)."""
+    reason = not_applicable_reason(exc)
+    if reason is not None:
+        return not_applicable_record(cell, reason, suite_name=suite_name, suite_hash=suite_hash,
+                                     data_info=data_info)
+    return failed_record(cell, exc, suite_name=suite_name, suite_hash=suite_hash,
+                         data_info=data_info)
+
+
 class CellPipeline:
     """Runs the cells of one group on top of its shared stages."""
 
@@ -131,7 +166,9 @@ class CellPipeline:
         model = copy.deepcopy(source)
         t0 = time.perf_counter()
         seed_everything(cell.seed)
-        model = method.compress(model, cell.target_obj, ctx).to(st.device)
+        target = cell.target_obj
+        model = (method.compress(model, target, ctx) if target is not None
+                 else method.uncompressed(model, ctx)).to(st.device)
         cost["compress_s"] = time.perf_counter() - t0
         ft_seconds = 0.0
         if cell.target is not None and cell.finetune.epochs > 0:

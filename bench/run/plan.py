@@ -69,7 +69,8 @@ def plan_suite(suite: Suite, results_dir: str | Path, retry_failed: bool = False
     for c in cells:
         state = cell_state(store, c, retry_failed)
         if state == "done":
-            state = "done" if (store.load(c.id) or {}).get("status") == "ok" else "failed"
+            status = (store.load(c.id) or {}).get("status")
+            state = "done" if status in ("ok", "not_applicable") else "failed"
         plan.rows.append((c, state))
 
     def cell_part(r: dict) -> float:

@@ -18,7 +18,7 @@ from bench.data import DataBundle, load_dataset
 from bench.preflight import is_environment_error
 from bench.progress import CellLog
 from bench.run.errors import StageFailedError, TimingHandoffError
-from bench.run.pipeline import CellPipeline, failed_record
+from bench.run.pipeline import CellPipeline, error_record
 from bench.run.stages import GroupStages, default_device
 from bench.run.tasks import Event, GroupTask
 from bench.store import ResultStore
@@ -112,12 +112,16 @@ def execute_group(task: GroupTask, emit: Callable[[Event], None]) -> None:
                     emit(Event("environment", task.index, cell_id=cell.id,
                                text=f"{type(exc).__name__}: {exc}"))
                     break
-                record = failed_record(cell, exc, suite_name=task.suite.name,
-                                       suite_hash=task.suite_hash,
-                                       data_info=data.info if data is not None else None)
-                clog.write(record["error"]["traceback"])
+                record = error_record(cell, exc, suite_name=task.suite.name,
+                                      suite_hash=task.suite_hash,
+                                      data_info=data.info if data is not None else None)
                 store.save(record)
-                ev = Event("failed", task.index, cell_id=cell.id, record=record)
+                if record["status"] == "not_applicable":
+                    clog.write(f"not applicable: {record['reason']}")
+                    ev = Event("done", task.index, cell_id=cell.id, record=record)
+                else:
+                    clog.write(record["error"]["traceback"])
+                    ev = Event("failed", task.index, cell_id=cell.id, record=record)
                 free_memory()
             clog.write(f"== {ev.kind}")
             sink.clear()

@@ -60,6 +60,41 @@ def _routing(nblocks: int, q: int) -> tuple[Tensor, Tensor, Tensor]:
     return j, r, k
 
 
+def assemble_block_pairs(blocks1: Tensor, blocks2: Tensor) -> Tensor:
+    """(out block j, in block i) submatrices (b, b, s, P) of P^T B2 P B1.
+
+    ``blocks1``: (b, q, P), block i maps P inputs to q intermediate values;
+    ``blocks2``: (b, s, q), block j maps its q routed values to s outputs.
+    """
+    b, q = blocks1.shape[0], blocks1.shape[1]
+    j, r, k = _routing(b, q)
+    # column of B2 that each (i, t) feeds: blocks2[j(i,t), :, r(i,t)] -> (b, q, s)
+    left = blocks2[j, :, r]
+    onehot = F.one_hot(j, b).to(left.dtype)  # (i, t, j)
+    return torch.einsum("its,itp,itj->jisp", left, blocks1, onehot)
+
+
+def project_block_pairs(pairs: Tensor, q: int) -> tuple[Tensor, Tensor]:
+    """Frobenius-optimal factors (blocks1 (b, q, P), blocks2 (b, s, q)) for block pairs.
+
+    ``pairs`` (b, b, s, P) indexed (j, i): the intermediate values routed from
+    input block i to output block j own disjoint parameters and form a rank-n_ij
+    product, so the best fit is each pair's own truncated SVD (Eckart-Young),
+    with sqrt of the singular values on each side.
+    """
+    b, s = pairs.shape[0], pairs.shape[2]
+    u, sv, vh = torch.linalg.svd(pairs.double(), full_matrices=False)
+    root = sv.sqrt()
+    us = u * root[..., None, :]  # (j, i, s, m) columns scaled
+    vs = vh * root[..., :, None]  # (j, i, m, P) rows scaled
+    j, r, k = _routing(b, q)
+    i = torch.arange(b)[:, None].expand_as(j)
+    blocks1 = vs[j, i, k]  # (i, t, P)
+    blocks2 = torch.zeros(b, s, q, dtype=torch.float64, device=pairs.device)
+    blocks2[j, :, r] = us[j, i, :, k]  # (i, t, s): column r of blocks2[j]
+    return blocks1, blocks2
+
+
 class MonarchLinear(nn.Module):
     """Linear(in -> out) with a Monarch weight; forward is two batched matmuls."""
 
@@ -100,12 +135,7 @@ class MonarchLinear(nn.Module):
 
     def block_pairs(self) -> Tensor:
         """The (out block j, in block i) submatrices of the padded weight: (b, b, s, p)."""
-        b, q = self.nblocks, self.q
-        j, r, k = _routing(b, q)
-        # column of B2 that each (i, t) feeds: blocks2[j(i,t), :, r(i,t)] -> (b, q, s)
-        left = self.blocks2[j, :, r]
-        onehot = F.one_hot(j, b).to(left.dtype)  # (i, t, j)
-        return torch.einsum("its,itp,itj->jisp", left, self.blocks1, onehot)
+        return assemble_block_pairs(self.blocks1, self.blocks2)
 
     def dense_matrix(self) -> Tensor:
         """The (out, in) weight this layer applies, built from its blocks (bias excluded)."""
@@ -129,17 +159,7 @@ class MonarchLinear(nn.Module):
         b, p, q, s = nblocks, layer.p, layer.q, layer.s
         padded = weight.new_zeros(b * s, b * p, dtype=torch.float64)
         padded[:out_f, :in_f] = weight.double()
-        pairs = padded.reshape(b, s, b, p).permute(0, 2, 1, 3)  # (j, i, s, p)
-        u, sv, vh = torch.linalg.svd(pairs, full_matrices=False)
-        root = sv.sqrt()
-        us = u * root[..., None, :]  # (j, i, s, m) columns scaled
-        vs = vh * root[..., :, None]  # (j, i, m, p) rows scaled
-        j, r, k = _routing(b, q)
-        i = torch.arange(b)[:, None].expand_as(j)
-        blocks1 = vs[j, i, k]  # (i, t, p)
-        left = us[j, i, :, k]  # (i, t, s): column r of blocks2[j]
-        blocks2 = torch.zeros(b, s, q, dtype=torch.float64, device=weight.device)
-        blocks2[j, :, r] = left
+        blocks1, blocks2 = project_block_pairs(padded.reshape(b, s, b, p).permute(0, 2, 1, 3), q)
         layer.blocks1.copy_(blocks1.to(weight.dtype))
         layer.blocks2.copy_(blocks2.to(weight.dtype))
         if bias is not None:

@@ -10,18 +10,26 @@ on the knob so that the model's cost lands at or under the budget:
   spectral energy (sum of squared singular values).
 
 A layer whose factorized form would not be cheaper than dense stays dense.
+
+``auto`` (:func:`pick_rank_rule`) compresses with each of the three rules
+and keeps the one whose compressed model (before fine-tuning) has the best
+top-1 on the validation split (ties: lower validation loss, then the order
+local, global, energy); each rule's figures go into the record.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 RankSelection = Literal["local", "global", "energy"]
+RankRule = Literal["auto", "local", "global", "energy"]
+RULES: tuple[RankSelection, ...] = ("local", "global", "energy")
 
 
 @dataclass
@@ -117,3 +125,66 @@ def effective_rank(singular_values: Tensor, energy: float = 0.99) -> int:
         return 0
     kept = torch.cumsum(s2, 0) / total
     return int((kept < energy - 1e-12).sum()) + 1
+
+
+@torch.no_grad()
+def val_scores(model: nn.Module, batches, device: torch.device) -> tuple[float, float] | None:
+    """(top-1, mean cross-entropy) of ``model`` over ``batches``; None when there are none."""
+    was_training = model.training
+    model.eval()
+    correct, loss, n = 0, 0.0, 0
+    try:
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            n += len(y)
+    finally:
+        model.train(was_training)
+    return (correct / n, loss / n) if n else None
+
+
+def pick_rank_rule(selection: RankRule,
+                   build: Callable[[RankSelection], tuple[nn.Module, dict[str, Any]]],
+                   ctx: Any) -> nn.Module:
+    """The compressed model of ``selection``, or with ``auto`` the best rule on validation.
+
+    ``build(rule)`` returns a freshly compressed model (the caller's model
+    untouched) and the facts it recorded; the chosen rule's facts go into
+    ``ctx.info``, and ``rank_rule_choice`` says what was chosen and from what.
+    Without validation data (none, or a context that has no split to give)
+    ``auto`` falls back to ``local`` and says so.
+    """
+    if selection != "auto" or not has_val_data(ctx):
+        rule: RankSelection = "local" if selection == "auto" else selection
+        model, info = build(rule)
+        ctx.info.update(info)
+        basis = "set in the suite" if selection != "auto" else "no validation data: local"
+        ctx.record("rank_rule_choice", {"chosen": rule, "basis": basis})
+        return model
+    scores: dict[str, dict[str, float] | None] = {}
+    best: tuple | None = None  # (key, rule, model, info)
+    for order, rule in enumerate(RULES):
+        model, info = build(rule)
+        sc = val_scores(model, ctx.val_batches(), ctx.device)
+        scores[rule] = None if sc is None else {"val_top1": sc[0], "val_loss": round(sc[1], 6)}
+        key = (-1.0, 0.0, 0) if sc is None else (sc[0], -sc[1], -order)
+        if best is None or key > best[0]:
+            best = (key, rule, model, info)
+    assert best is not None
+    _, chosen, model, info = best
+    ctx.info.update(info)
+    ctx.record("rank_rule_choice", {"chosen": chosen, "rules": scores,
+                                    "basis": "best validation top-1 before fine-tuning"})
+    return model
+
+
+def has_val_data(ctx: Any) -> bool:
+    """Whether ``ctx`` yields at least one validation batch (a context without a split
+    to give, such as the library API without data, raises ValueError when asked)."""
+    try:
+        batches = iter(ctx.val_batches())
+    except ValueError:
+        return False
+    return next(batches, None) is not None
