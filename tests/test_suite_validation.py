@@ -56,7 +56,7 @@ def test_unknown_suite_name_suggests(capsys):
         (lambda s: s["methods"].append({"name": "svd", "label": "svd-again"}),
          ["methods[2]", "method 'svd'", "already listed as methods[1]"]),
         (lambda s: s["methods"].append({"name": "svd", "grid": {"rank_selection":
-                                                                ["global", "local"]}}),
+                                                                ["auto", "local"]}}),
          ["methods[2]", "already listed as methods[1]"]),
         (lambda s: s["latency"].__setitem__("batch_sizes", [1, 0]),
          ["latency.batch_sizes", "must be >= 1", "got 0"]),
