@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     suite_arg(p)
     p.add_argument("--results", help="results directory (default results/<suite>)")
     p.add_argument("--out", help="output directory (default reports/<suite>)")
+    p.add_argument("--only", metavar="KEY=VALUE,...",
+                   help="report a slice of the suite (same keys as run --only)")
     p.add_argument("--readme", help="also write the summary between this Markdown file's "
                    "<!-- leaderboard:<suite>:start/end --> markers")
     p.set_defaults(func=cmd_report)
