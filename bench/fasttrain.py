@@ -173,23 +173,32 @@ def train_device(model: nn.Module, data: DataBundle, *, epochs: int, batch_size:
                  method: Any = None, ctx: Any = None, phase: str = "train", progress: Any = None,
                  precision: str = "auto", compile: bool = False,
                  compile_backend: str = "inductor", channels_last: bool | None = None,
-                 kit: LoopKit) -> Any:
-    """Train in place with the host loop's mathematics; see the module docstring."""
+                 steps: int | None = None, kit: LoopKit) -> Any:
+    """Train in place with the host loop's mathematics; see the module docstring.
+
+    ``steps`` runs exactly that many optimizer steps (the last epoch stops
+    part-way), as in :func:`bench.train.train`.
+    """
     stats = kit.stats()
     make_optimizer, NonFiniteLossError = kit.make_optimizer, kit.non_finite  # noqa: N806
-    if epochs <= 0:
-        return stats
     device = next(model.parameters()).device
     dd = device_data(data, device)
+    steps_per_epoch = math.ceil(len(dd) / batch_size)
+    total = epochs * steps_per_epoch if steps is None else max(0, int(steps))
+    stats.batch_size, stats.steps_per_epoch = batch_size, steps_per_epoch
+    stats.optimizer = stats.optimizer or {"name": optimizer, "lr": lr,
+                                          "weight_decay": weight_decay, "schedule": schedule,
+                                          "warmup_epochs": warmup_epochs}
+    if total <= 0:
+        return stats
+    epochs = math.ceil(total / steps_per_epoch)
     prec = resolve_precision(precision, device)
     cl = has_conv(model) if channels_last is None else channels_last
     if cl:
         model.to(memory_format=torch.channels_last)
     forward = torch.compile(model, backend=compile_backend) if compile else model
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, momentum)
-    steps_per_epoch = math.ceil(len(dd) / batch_size)
-    total = epochs * steps_per_epoch
-    warmup = warmup_epochs * steps_per_epoch
+    warmup = round(warmup_epochs * steps_per_epoch)
 
     def lr_at(step: int) -> float:
         if step < warmup:
@@ -216,6 +225,8 @@ def train_device(model: nn.Module, data: DataBundle, *, epochs: int, batch_size:
             seen = 0
             for x, y in dd.batches("train", batch_size, shuffle=True, generator=gen,
                                    augment=augment):
+                if step >= total:
+                    break
                 if cl:
                     x = x.contiguous(memory_format=torch.channels_last)
                 if method is not None and ctx is not None:
@@ -254,8 +265,8 @@ def train_device(model: nn.Module, data: DataBundle, *, epochs: int, batch_size:
         if cl:
             model.to(memory_format=torch.contiguous_format)
     stats.seconds = time.perf_counter() - start
-    stats.epochs = epochs
     stats.steps = step
+    stats.epochs = step / steps_per_epoch
     return stats
 
 

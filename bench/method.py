@@ -10,6 +10,7 @@ fine-tuning, evaluation and measurement; a method only reshapes the model
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -94,6 +95,12 @@ class MethodContext:
     epochs: int = 0
     step: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    # The suite's budgets ("train", "finetune": TrainBudget fields) and the size of
+    # the training split, so a method can size a phase in the suite's own terms.
+    budget: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train_size: int = 0
+    # Ledger phases (bench.ledger) of the training run through ``train`` in this context.
+    ledger: list[dict[str, Any]] = field(default_factory=list)
 
     def budget_met(self, model: nn.Module, target: Target, slack: float = 1e-9) -> bool:
         if self.dense_cost is None:
@@ -102,17 +109,46 @@ class MethodContext:
         return cost.get(target.metric) <= target.ratio * self.dense_cost.get(target.metric) + slack
 
     def train(self, model: nn.Module, epochs: int | None = None, method: Method | None = None,
-              phase: str = "method", **overrides: Any) -> Any:
-        """Train ``model`` with the harness's loop and the suite's training budget.
+              phase: str = "method", *, steps: int | None = None,
+              declared: dict[str, str] | None = None, **overrides: Any) -> Any:
+        """Train ``model`` with the harness's loop under the suite's settings; ledger it.
 
-        For methods that need training of their own inside ``compress`` (a
-        regularization phase, a smaller model trained from scratch): the loop,
-        optimizer, schedule and data order stay the harness's, so the budget is
-        the same for every method. ``method`` supplies regularizer/hooks.
+        For methods that need training of their own inside ``compress``.
+        ``phase="train"`` trains a model from scratch: it spends the suite's
+        train budget and uses its settings. Any other phase (a regularization
+        phase) uses the fine-tune settings and its steps come out of the
+        fine-tune budget: the harness fine-tunes only for what is left.
+        ``steps`` runs exactly that many optimizer steps (else ``epochs``, else
+        the budget's epochs). ``overrides`` change settings (lr, weight_decay,
+        schedule, warmup_epochs, ...); each one must be named in ``declared``
+        ({setting: method parameter}) or the cell's ledger records a violation.
+        ``method`` supplies regularizer/hooks.
         """
+        from bench.ledger import CHARGED_TO, ledger_phase, phase_entry
+
         if self.train_fn is None:
             raise RuntimeError("this context has no training function")
-        return self.train_fn(model, epochs=epochs, method=method, phase=phase, **overrides)
+        kind = ledger_phase(phase)
+        settings = dict(self.budget.get(CHARGED_TO[kind], {}))
+        settings.update(overrides)
+        if epochs is not None or "epochs" not in settings:
+            settings["epochs"] = epochs
+        if steps is not None:
+            settings["steps"] = steps
+        stats = self.train_fn(model, method=method, phase=phase, **settings)
+        if hasattr(stats, "optimizer"):
+            self.ledger.append(phase_entry(kind, stats, declared))
+        return stats
+
+    def steps_per_epoch(self, budget: str = "finetune") -> int:
+        """Optimizer steps of one epoch under the suite's ``budget`` ("train"/"finetune")."""
+        if not self.budget or not self.train_size:
+            raise RuntimeError("this context has no budget (ctx.budget / ctx.train_size)")
+        return math.ceil(self.train_size / int(self.budget[budget]["batch_size"]))
+
+    def budget_steps(self, budget: str = "finetune") -> int:
+        """Optimizer steps of the suite's whole ``budget`` ("train"/"finetune")."""
+        return int(self.budget[budget]["epochs"]) * self.steps_per_epoch(budget)
 
     def record(self, key: str, value: Any) -> None:
         """Store method-specific facts (chosen ranks, ...) in the cell's record."""
@@ -136,6 +172,10 @@ class Method:
     Params: ClassVar[type[BaseModel]] = NoParams
     uses_target: ClassVar[bool] = True
     description: ClassVar[str] = ""
+    # Settings of a "train" method's own training that a parameter sets, as
+    # {setting: parameter name} (e.g. {"weight_decay": "weight_decay"}): the
+    # budget ledger accepts a setting that differs from the suite's only so.
+    declares: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None):
         if params is None or isinstance(params, dict):
@@ -157,7 +197,11 @@ class Method:
         """Called after every epoch of training and of fine-tuning (see ctx.phase)."""
 
     def weight_decay(self, default: float) -> float:
-        """Weight decay for this method's own training; the suite's by default."""
+        """Weight decay for this method's own training; the suite's by default.
+
+        A method that returns anything else must declare the parameter that
+        sets it in ``declares`` (the budget ledger flags it otherwise).
+        """
         return default
 
     def uncompressed(self, model: nn.Module, ctx: MethodContext) -> nn.Module:

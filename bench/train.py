@@ -7,9 +7,11 @@ and react to steps and epochs through their hooks.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +28,19 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainStats:
+    """What one call of :func:`train` did: the figures a budget ledger is built from.
+
+    ``epochs`` is ``steps / steps_per_epoch`` (fractional when a run stops
+    mid-epoch); ``optimizer`` holds the settings actually used.
+    """
+
     seconds: float = 0.0
-    epochs: int = 0
+    epochs: float = 0
     steps: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    batch_size: int = 0
+    steps_per_epoch: int = 0
+    optimizer: dict[str, Any] = field(default_factory=dict)
 
 
 def make_optimizer(params, name: str, lr: float, weight_decay: float,
@@ -67,17 +78,27 @@ def train(
     ctx: MethodContext | None = None,
     phase: str = "train",
     progress=None,
+    steps: int | None = None,
     precision: str = "auto",
     compile: bool = False,
     loop: str = "auto",
 ) -> TrainStats:
     """Train in place. ``method``/``ctx`` supply the hooks; ``progress(dict)`` gets epoch stats.
 
-    On CUDA (or with ``loop="device"``) this is :func:`bench.fasttrain.train_device`:
-    the same mathematics with the data, augmentation and statistics on the device.
+    ``steps`` (optional) runs exactly that many optimizer steps instead of
+    ``epochs`` full epochs (the last epoch stops part-way); the schedule then
+    spans those steps. The returned stats count every optimizer step taken.
+
+    On CUDA (or with ``loop="device"``, bf16 or compile) this is
+    :func:`bench.fasttrain.train_device`: the same mathematics with the data,
+    augmentation and statistics on the device.
     """
-    stats = TrainStats()
-    if epochs <= 0:
+    steps_per_epoch = math.ceil(len(data.train) / batch_size)
+    total = epochs * steps_per_epoch if steps is None else max(0, int(steps))
+    stats = TrainStats(batch_size=batch_size, steps_per_epoch=steps_per_epoch, optimizer={
+        "name": optimizer, "lr": lr, "weight_decay": weight_decay, "schedule": schedule,
+        "warmup_epochs": warmup_epochs})
+    if total <= 0:
         return stats
     device = next(model.parameters()).device
     if use_device_loop(device, loop, precision, compile):
@@ -85,14 +106,14 @@ def train(
             model, data, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
             weight_decay=weight_decay, momentum=momentum, schedule=schedule,
             warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment,
-            seed=seed, method=method, ctx=ctx, phase=phase, progress=progress,
-            precision=precision, compile=compile, kit=LOOP_KIT)
+            seed=seed, method=method, ctx=ctx, phase=phase, progress=progress, steps=total,
+            precision=precision, compile=compile,
+            kit=dataclasses.replace(LOOP_KIT, stats=lambda: stats))
     if precision == "bf16" or compile:
         raise ValueError("precision bf16 and compile need the device loop (loop: device or auto)")
+    epochs = math.ceil(total / steps_per_epoch)
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, momentum)
-    steps_per_epoch = math.ceil(len(data.train) / batch_size)
-    total = epochs * steps_per_epoch
-    warmup = warmup_epochs * steps_per_epoch
+    warmup = round(warmup_epochs * steps_per_epoch)
 
     def lr_at(step: int) -> float:
         if step < warmup:
@@ -116,6 +137,8 @@ def train(
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in data.batches("train", batch_size, shuffle=True, generator=gen,
                                  augment=augment):
+            if step >= total:
+                break
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if method is not None and ctx is not None:
                 ctx.step = step
@@ -146,8 +169,8 @@ def train(
         if progress is not None:
             progress(row)
     stats.seconds = time.perf_counter() - start
-    stats.epochs = epochs
     stats.steps = step
+    stats.epochs = step / steps_per_epoch
     return stats
 
 

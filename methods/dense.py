@@ -1,4 +1,9 @@
-"""The dense reference row: the trained baseline, unchanged."""
+"""The dense reference row: the trained baseline plus the common fine-tune phase.
+
+The reference is "dense + fine-tune": the harness fine-tunes this row under
+the same fine-tune phase as every compressed row, so every row of a suite has
+the same total optimizer steps (README, "Fairness: one budget for every row").
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ class Dense(Method):
     name = "dense"
     kind = "post"
     uses_target = False
-    description = "uncompressed dense baseline"
+    description = "uncompressed dense baseline, fine-tuned like every other row"
 
     def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
         return model

@@ -3,10 +3,12 @@
 For each target, a width multiplier w in (0, 1] is searched (bisection on
 freshly built, untrained models) so the narrower model's params or MACs land
 at or under the budget; that model is trained from scratch with the harness's
-loop for the suite's training epochs, and the harness then fine-tunes it like
-every compressed model. So it gets the same total epochs (training +
-fine-tuning) as a compressed method gets, and a compression method that loses
-to it at the same budget shows as such in the leaderboard.
+loop under the suite's training budget and settings (ledger phase
+``method_train``, which replaces the dense baseline's ``pretrain`` in its
+ledger: its weights never saw that training), and the harness then fine-tunes
+it like every compressed model. So it gets the same total optimizer steps as
+every other row, and a compression method that loses to it at the same budget
+shows as such in the leaderboard.
 
 How each family is narrowed (our choice; shallower variants are not built):
 - the built-in MLP: every hidden width times w;
@@ -104,9 +106,7 @@ class DenseSmall(Method):
                 hi = mid
         return best, best_w
 
-    def compress(self, model: nn.Module, target: Target | None, ctx: MethodContext) -> nn.Module:
-        if target is None:
-            return model
+    def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         small, w = self.size(model, target, ctx)
         ctx.record("width_multiplier", w)
         ctx.record("width_overrides", width_overrides(model, w, self.params.round_to))

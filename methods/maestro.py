@@ -277,6 +277,19 @@ class RankSearch:
         return current, path[1:]
 
 
+@torch.no_grad()
+def val_top1(model: nn.Module, ctx: MethodContext) -> float:
+    """Top-1 on the validation split (the only split a method may read)."""
+    was_training = model.training
+    model.eval()
+    correct, n = 0, 0
+    for x, y in ctx.val_batches():
+        correct += int((model(x.to(ctx.device)).argmax(1) == y.to(ctx.device)).sum())
+        n += len(y)
+    model.train(was_training)
+    return correct / max(n, 1)
+
+
 def deploy(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
     """Swap every ordered layer for plain layers at its rank, in place."""
     for path, layer in ordered_layers(model).items():
@@ -351,6 +364,7 @@ class Maestro(Method):
             layer.od_rank, layer.rank_limit = None, None
         kept = {path: layer.kept for path, layer in layers.items()}
         ctx.record("kept_ranks", kept)
+        ctx.record("full_rank_top1", val_top1(model, ctx))  # trained model, before truncation
         if target is None:
             deploy(model, kept)
             if has_batchnorm(model):

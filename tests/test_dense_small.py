@@ -55,6 +55,11 @@ def test_dense_small_in_a_suite_meets_budget_and_trains_all_epochs(tiny_suite, w
         hidden = info["width_overrides"]["hidden"]
         assert all(h < 48 for h in hidden)
         assert info["from_scratch_epochs"] == 3  # plus the suite's fine-tuning epochs
+        # its ledger: trained from scratch (not the dense baseline's pretrain) + fine-tuned
+        ledger = r["ledger"]
+        assert [p["phase"] for p in ledger["phases"]] == ["method_train", "finetune"]
+        assert ledger["phases"][0]["epochs"] == 3 and ledger["violation"] is None
+        assert ledger["total_steps"] == ledger["budget_steps"]
         assert m["top1"] > 0.3  # trained, not a random init (10 classes)
 
 

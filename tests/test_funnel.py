@@ -199,3 +199,68 @@ def test_compress_end_to_end_with_the_harness_loop():
     with torch.no_grad():
         assert (out.eval()(x) - gated_model(x)).abs().max() < 1e-4
     assert ctx.info["ranks"]["fc1"]["r"] <= ctx.info["full_ranks"]["fc1"]["r"]
+
+
+def _budget_ctx(dense: nn.Module, budget: dict, train_size: int, calls: list) -> MethodContext:
+    def train_fn(model, epochs=None, method=None, phase="method", **kw):
+        calls.append({**kw, "epochs": epochs, "phase": phase})
+        from bench.train import TrainStats
+
+        steps = kw["steps"]
+        spe = -(-train_size // kw["batch_size"])
+        return TrainStats(epochs=steps / spe, steps=steps, batch_size=kw["batch_size"],
+                          steps_per_epoch=spe, optimizer={
+                              "name": kw["optimizer"], "lr": kw["lr"],
+                              "weight_decay": kw["weight_decay"], "schedule": kw["schedule"],
+                              "warmup_epochs": kw["warmup_epochs"]})
+
+    ctx = make_ctx(dense, train_fn)
+    ctx.budget, ctx.train_size = budget, train_size
+    return ctx
+
+
+def test_regularization_phase_is_part_of_the_finetune_budget_with_its_settings():
+    """cifar.yaml trains with a 5-epoch warm-up: the phase must not inherit it."""
+    from bench.ledger import build_ledger, finetune_steps_left, planned_phase
+    from bench.suite import load_suite
+
+    suite, _ = load_suite("cifar")
+    budget = {"train": suite.train.model_dump(), "finetune": suite.finetune.model_dump()}
+    assert budget["train"]["warmup_epochs"] == 5
+    n = 45_000
+    dense = SmallCNN()
+    calls: list = []
+    ctx = _budget_ctx(dense, budget, n, calls)
+    Funnel().compress(copy.deepcopy(dense), Target("macs", 0.5), ctx)
+    (call,) = calls
+    spe = -(-n // suite.finetune.batch_size)
+    assert call["phase"] == "funnel" and call["steps"] == round(7.5 * spe)  # half of 15 epochs
+    assert call["warmup_epochs"] == 0 and call["lr"] == suite.finetune.lr
+    assert call["schedule"] == "cosine" and call["weight_decay"] == suite.finetune.weight_decay
+    (reg,) = ctx.ledger
+    assert reg["phase"] == "regularize" and "declared" not in reg
+    left = finetune_steps_left([reg], budget["finetune"], n)
+    assert left == 15 * spe - reg["steps"]
+    phases = [planned_phase("pretrain", budget["train"], n), reg,
+              {**planned_phase("finetune", budget["finetune"], n), "steps": left}]
+    assert build_ledger(phases, train=budget["train"], finetune=budget["finetune"], n_train=n,
+                        params=Funnel().params.model_dump())["violation"] is None
+
+    calls.clear()
+    own = Funnel({"reg_epochs": 2, "reg_lr": 1e-3, "reg_schedule": "constant",
+                  "reg_warmup_epochs": 0.5})
+    ctx = _budget_ctx(dense, budget, n, calls)
+    own.compress(copy.deepcopy(dense), Target("macs", 0.5), ctx)
+    assert calls[0]["steps"] == 2 * spe and calls[0]["lr"] == 1e-3
+    assert calls[0]["schedule"] == "constant" and calls[0]["warmup_epochs"] == 0.5
+    (reg,) = ctx.ledger
+    assert reg["declared"] == {"lr": "reg_lr", "schedule": "reg_schedule",
+                               "warmup_epochs": "reg_warmup_epochs"}
+    phases = [planned_phase("pretrain", budget["train"], n), reg,
+              {**planned_phase("finetune", budget["finetune"], n), "steps": 13 * spe}]
+    assert build_ledger(phases, train=budget["train"], finetune=budget["finetune"], n_train=n,
+                        params=own.params.model_dump())["violation"] is None
+
+    with pytest.raises(ValueError, match="reg_epochs 16.0 exceeds the suite's fine-tune budget"):
+        Funnel({"reg_epochs": 16}).compress(copy.deepcopy(dense), Target("macs", 0.5),
+                                            _budget_ctx(dense, budget, n, []))

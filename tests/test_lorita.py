@@ -144,9 +144,11 @@ def test_prepare_factorizes_what_compress_truncates():
     assert type(model.conv2) is nn.Conv2d and isinstance(model.conv1, LoRITaConv2d)
 
 
-def test_weight_decay_is_the_methods_own():
-    assert LoRITa().weight_decay(5e-4) == 1e-3
+def test_weight_decay_is_the_suites_unless_declared():
+    assert LoRITa().weight_decay(5e-4) == 5e-4
+    assert LoRITa().params.weight_decay is None
     assert LoRITa({"weight_decay": 0.01}).weight_decay(5e-4) == 0.01
+    assert LoRITa.declares == {"weight_decay": "weight_decay"}
 
 
 @pytest.mark.parametrize("builder", [mlp, ResCNN, vit], ids=["mlp", "rescnn", "vit"])
@@ -170,7 +172,7 @@ def test_compress_meets_budget_with_plain_layers(builder, target):
     assert out(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
-def test_compress_at_full_rank_target_is_the_merged_network():
+def test_uncompressed_is_the_merged_network():
     torch.manual_seed(0)
     method = LoRITa({"N": 3})
     model = method.prepare(mlp(), make_ctx(mlp()))
@@ -179,7 +181,7 @@ def test_compress_at_full_rank_target_is_the_merged_network():
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         ref = model(x)
-        out = method.compress(copy.deepcopy(model), None, make_ctx(mlp()))(x)
+        out = method.uncompressed(copy.deepcopy(model), make_ctx(mlp()))(x)
     assert (out - ref).abs().max() < 1e-4
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.measure import environment, measure_deployable, summarize, time_model
-from bench.measure.counting import flop_counter_macs, fvcore_macs, mac_report
+from bench.measure.counting import count_params, flop_counter_macs, fvcore_macs, mac_report
 from bench.measure.latency import Latency, percentile
 from bench.measure.memory import PeakRSS
 from bench.measure.size import safetensors_bytes, tensor_bytes
@@ -359,3 +359,35 @@ def test_selfcheck_runs_and_reports(capsys):
                            "--min-runs", "3", "--min-seconds", "0.01", "--warmup", "1"]) == 0
     out = capsys.readouterr().out
     assert "CV of median" in out and "ours / autorange" in out
+
+
+def test_selfcheck_a_a_prints_speedup_with_interval(capsys):
+    from bench.measure import selfcheck
+
+    assert selfcheck.main(["--model", "mlp", "--batches", "1", "--rounds", "6", "--calls", "2",
+                           "--warmup", "1", "--aa-only"]) == 0
+    out = capsys.readouterr().out
+    assert "A/A b1: speedup" in out and "over 6 rounds" in out and "blocked_autorange" not in out
+
+
+def test_measure_deployable_with_reference_adds_paired_and_breakdown():
+    dense = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
+    small = nn.Sequential(LowRankLinear(32, 64, 4), nn.ReLU(), nn.Linear(64, 10))
+    spec = LatencySpec(batch_sizes=(1, 4), warmup=1, min_runs=3, min_seconds=0.0, cuda="off")
+    cost = Cost(params=count_params(dense), macs=32 * 64 + 64 * 10)
+    plain = measure_deployable(small, (32,), spec, cost, Target("macs", 0.5))
+    assert "latency_paired" not in plain and "latency_breakdown" not in plain
+    out = measure_deployable(small, (32,), spec, cost, Target("macs", 0.5), reference=dense)
+    assert set(out["latency_paired"]) == {"cpu"} and set(out["latency"]["cpu"]) == {"b1", "b4"}
+    for key in ("b1", "b4"):
+        e = out["latency_paired"]["cpu"][key]
+        assert set(e) == {"model", "reference", "speedup", "load_avg", "threads"}
+        assert e["threads"] == 1 and e["speedup"]["rounds"] >= 2
+        assert e["speedup"]["ci_low"] <= e["speedup"]["median"] <= e["speedup"]["ci_high"]
+    bd = out["latency_breakdown"]
+    assert set(bd) == {"model", "reference"}
+    assert bd["model"]["matmul_conv"] > 0 and bd["reference"]["total_ms"] > 0
+    assert set(bd["model"]) == {"matmul_conv", "norm", "activation", "reshape", "other",
+                                "total_ms"}
+    # the caller's models stay where they were, in the mode they were in
+    assert dense.training and small.training

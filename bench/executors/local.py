@@ -1,8 +1,10 @@
 """``--jobs N``: N worker processes on this machine, one group at a time each.
 
-Each worker gets ``cpus // N`` torch threads so the workers together do not
-oversubscribe the machine. Workers train and evaluate; the driver times the
-pending cells afterwards (``defers_timing``).
+Each worker gets the free cores split N ways as torch threads (see
+bench.threads: the cores minus the load average, at least 1), so the workers
+together do not oversubscribe the machine, even when other work runs on it.
+Workers train and evaluate; the driver times the pending cells afterwards
+(``defers_timing``).
 
 Robustness: a worker that dies (killed by the out-of-memory killer, a
 segfault in native code) costs only the cell it was running, which gets a
@@ -24,7 +26,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bench.executors.base import Event, Executor, GroupTask, Handler, threads_per_worker
+from bench.executors.base import Event, Executor, GroupTask, Handler
+from bench.threads import available_cpus, load_1m, threads_override, training_threads
 
 _POLL_S = 0.5
 
@@ -80,7 +83,10 @@ class LocalExecutor(Executor):
 
     def __init__(self, jobs: int = 2, cpus: int | None = None):
         super().__init__(jobs)
-        self._threads = threads_per_worker(self.jobs, cpus)
+        # cpus given: a fixed split (no load reading); else the cores free right now
+        load = None if cpus is not None else load_1m()
+        self._threads = training_threads(cpus or available_cpus(), load, self.jobs,
+                                         override=(threads_override() or ("", None))[1])
 
     @property
     def threads(self) -> int:

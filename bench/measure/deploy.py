@@ -3,6 +3,9 @@
 ``measure_deployable`` returns the ``metrics`` part of a result record. Keys the
 reports rely on (params, macs, flops, ratios, dense figures, budget, latency
 cpu/cuda by batch) keep their meaning; everything else is added beside them.
+Given a reference model (the dense architecture), it adds the paired timing
+against it (``latency_paired``, see bench.measure.paired) and the per-layer-type
+time breakdown of both (``latency_breakdown``, see bench.measure.breakdown).
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from bench.measure.breakdown import profile_breakdown
 from bench.measure.counting import count_params, mac_report
 from bench.measure.latency import time_model
+from bench.measure.paired import DEFAULT_CALLS, DEFAULT_ROUNDS, time_paired
 from bench.measure.size import safetensors_bytes, tensor_bytes
 from bench.method import Cost, Target
 
@@ -73,6 +78,24 @@ def time_all(model: nn.Module, input_shape: tuple[int, ...], spec: LatencySettin
     return out
 
 
+def paired_all(model: nn.Module, reference: nn.Module, input_shape: tuple[int, ...],
+               spec: LatencySettings, device: str) -> dict[str, Any]:
+    """``{b<batch>: entry}``: copies of both models timed in ABBA rounds on ``device``."""
+    return time_paired(copy.deepcopy(model), copy.deepcopy(reference), input_shape,
+                       spec.batch_sizes, threads=spec.threads if device == "cpu" else None,
+                       rounds=getattr(spec, "paired_rounds", DEFAULT_ROUNDS),
+                       calls=getattr(spec, "paired_calls", DEFAULT_CALLS),
+                       warmup=spec.warmup, device=device)
+
+
+def breakdown_pair(model: nn.Module, reference: nn.Module, input_shape: tuple[int, ...],
+                   threads: int) -> dict[str, Any]:
+    """``{"model": categories, "reference": categories}`` at batch 1 on CPU (copies)."""
+    return {name: profile_breakdown(copy.deepcopy(m).to("cpu"), input_shape, batch_size=1,
+                                    threads=threads).record()
+            for name, m in (("model", model), ("reference", reference))}
+
+
 def _max_of(latency: dict[str, Any], key: str, field: str) -> float | None:
     values = [s.get(field) for s in (latency.get(key) or {}).values() if isinstance(s, dict)]
     values = [v for v in values if v is not None]
@@ -81,13 +104,18 @@ def _max_of(latency: dict[str, Any], key: str, field: str) -> float | None:
 
 def measure_deployable(model: nn.Module, input_shape: tuple[int, ...],
                        latency_spec: LatencySettings, dense_cost: Cost,
-                       target: Target | None) -> dict[str, Any]:
+                       target: Target | None,
+                       reference: nn.Module | None = None) -> dict[str, Any]:
     """All measurements of a deployable model, as the ``metrics`` of its record.
 
     MACs from both counters (with uncounted ops and per-layer own MACs), ratios
     against ``dense_cost``, the budget verdict for ``target``, CPU latency at
     each batch size (plus requested variants), CUDA latency and peak memory when
     a GPU is present and enabled, approximate CPU peak RSS, safetensors size.
+    With a ``reference`` (the dense architecture; a deep copy of the model for
+    the dense row itself, which makes its entry an A/A check): ``latency_paired``
+    per measured device (``cpu``, and ``cuda`` when timed) and
+    ``latency_breakdown``. Neither model passed in is moved or modified.
     """
     params = count_params(model)
     macs = mac_report(model, input_shape)
@@ -114,6 +142,12 @@ def measure_deployable(model: nn.Module, input_shape: tuple[int, ...],
         out["cuda_status"] = ("n/a: disabled in the suite" if latency_spec.cuda == "off"
                               else "n/a: no CUDA device")
     out["latency"] = latency
+    if reference is not None:
+        devices = ["cpu"] + (["cuda"] if out["cuda_status"] == "measured" else [])
+        out["latency_paired"] = {d: paired_all(model, reference, input_shape, latency_spec, d)
+                                 for d in devices}
+        out["latency_breakdown"] = breakdown_pair(model, reference, input_shape,
+                                                  latency_spec.threads)
     out["cpu_peak_rss_mb_approx"] = _max_of(latency, "cpu", "cpu_peak_rss_delta_mb_approx")
     out["cuda_peak_mem_mb"] = _max_of(latency, "cuda", "cuda_peak_mem_mb")
     out["size_bytes"] = safetensors_bytes(cpu_model)

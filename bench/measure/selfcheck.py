@@ -1,14 +1,19 @@
-"""Is our latency figure repeatable, and does it agree with torch.utils.benchmark?
+"""Is our latency figure trustworthy? An A/A check, repeatability, and torch.utils.benchmark.
 
     python -m bench.measure.selfcheck                  # CPU, the quick suite's ViT
     python -m bench.measure.selfcheck --device cuda    # CUDA events path
-    python bench/measure/selfcheck.py --device cuda    # same, needs only torch
+    python -m bench.measure.selfcheck --aa-only        # only the A/A check
 
-Times one model ``--repeats`` times in one process (each repeat a full
-measurement: warm-up, then runs until min count and min duration) and prints
-the coefficient of variation of the per-repeat medians. Interleaved with ours,
-``torch.utils.benchmark.Timer.blocked_autorange`` times the same model, batch
-and thread count; the ratio of the two medians says whether our per-call
+A/A: the model is timed against a ``copy.deepcopy`` of itself with the paired,
+interleaved timer (``bench.measure.paired.time_paired``); the speedup must be
+1.00 with a 95% interval that covers 1.0. Its interval width is the noise floor
+of every speedup measured the same way on this machine.
+
+Repeatability: times one model ``--repeats`` times in one process (each repeat
+a full measurement: warm-up, then runs until min count and min duration) and
+prints the coefficient of variation of the per-repeat medians. Interleaved with
+ours, ``torch.utils.benchmark.Timer.blocked_autorange`` times the same model,
+batch and thread count; the ratio of the two medians says whether our per-call
 timing agrees with a reference that times blocks of calls. The reference's own
 CV is printed too: it shows how noisy the machine was at the time.
 """
@@ -16,34 +21,18 @@ CV is printed too: it shows how noisy the machine was at the time.
 from __future__ import annotations
 
 import argparse
-import importlib
+import copy
 import os
 import statistics
 import sys
-import types
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _measure_module(name: str) -> Any:
-    """bench.measure.<name>, loaded without the package's other dependencies if need be."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    try:
-        return importlib.import_module(f"bench.measure.{name}")
-    except ImportError:  # e.g. pydantic absent: the timing modules need only torch
-        for key in [k for k in sys.modules if k == "bench" or k.startswith("bench.")]:
-            del sys.modules[key]
-        for pkg, sub in (("bench", "bench"), ("bench.measure", "bench/measure")):
-            mod = types.ModuleType(pkg)
-            mod.__path__ = [str(ROOT / sub)]
-            sys.modules[pkg] = mod
-        return importlib.import_module(f"bench.measure.{name}")
+from bench.measure.environment import cpu_cores_available, cpu_model
+from bench.measure.latency import time_model
+from bench.measure.paired import time_paired
 
 
 def _convnet(width: int = 32) -> nn.Module:
@@ -93,17 +82,17 @@ def cv(values: list[float]) -> float:
     return statistics.stdev(values) / statistics.fmean(values) if len(values) > 1 else 0.0
 
 
-def check(model: nn.Module, shape: tuple[int, ...], batch: int, args: argparse.Namespace,
-          latency: Any) -> dict[str, float]:
+def check(model: nn.Module, shape: tuple[int, ...], batch: int,
+          args: argparse.Namespace) -> dict[str, float]:
     device = args.device
     model = model.eval().to(device)
     x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(0)).to(device)
     threads = args.threads if device == "cpu" else torch.get_num_threads()
     kw = dict(warmup=args.warmup, min_runs=args.min_runs, min_seconds=args.min_seconds)
-    latency.time_model(model, shape, batch, device, threads=args.threads, **kw)  # process warm-up
+    time_model(model, shape, batch, device, threads=args.threads, **kw)  # process warm-up
     ours, ref, mins, extra = [], [], [], {}
     for i in range(args.repeats):
-        lat = latency.time_model(model, shape, batch, device, threads=args.threads, **kw)
+        lat = time_model(model, shape, batch, device, threads=args.threads, **kw)
         s = lat.summary()
         ours.append(s["median_ms"])
         mins.append(s["min_ms"])
@@ -125,6 +114,30 @@ def check(model: nn.Module, shape: tuple[int, ...], batch: int, args: argparse.N
     return result
 
 
+def aa_check(model: nn.Module, shape: tuple[int, ...], batches: list[int], device: str = "cpu",
+             threads: int = 1, rounds: int = 30, calls: int = 5,
+             warmup: int = 10) -> dict[str, dict[str, Any]]:
+    """The model timed against a deep copy of itself: ``time_paired`` entries per batch."""
+    model = model.eval().to(device)
+    return time_paired(model, copy.deepcopy(model), shape, batches, threads=threads,
+                       rounds=rounds, calls=calls, warmup=warmup, device=device)
+
+
+def format_aa(entries: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per batch: the A/A speedup, its interval, and whether it covers 1.0."""
+    lines = []
+    for key, e in entries.items():
+        s = e["speedup"]
+        covers = s["ci_low"] <= 1.0 <= s["ci_high"]
+        lines.append(f"A/A {key}: speedup {s['median']:.3f}x [{s['ci_low']:.3f}, "
+                     f"{s['ci_high']:.3f}] over {s['rounds']} rounds "
+                     f"({'covers 1.0' if covers else 'does NOT cover 1.0'}"
+                     f"{', noisy' if s['noisy'] else ''}); p50 {e['model']['p50_ms']:.4f} vs "
+                     f"{e['reference']['p50_ms']:.4f} ms; load {e['load_avg'][0]} -> "
+                     f"{e['load_avg'][1]}; threads {e['threads']}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="vit-micro", help="vit-micro | convnet | mlp")
@@ -135,20 +148,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--min-runs", type=int, default=30)
     ap.add_argument("--min-seconds", type=float, default=0.5)
+    ap.add_argument("--rounds", type=int, default=30, help="A/A: paired rounds")
+    ap.add_argument("--calls", type=int, default=5, help="A/A: calls per round")
+    ap.add_argument("--aa-only", action="store_true", help="only the A/A check")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("CUDA latency: n/a (no CUDA device)")
         return 2
-    latency = _measure_module("latency")
-    env = _measure_module("environment")
     model, shape, label = build(args.model)
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None
     print(f"model: {label}; device {args.device}{f' ({gpu})' if gpu else ''}; "
           f"threads {args.threads}; repeats {args.repeats}; each: warm-up {args.warmup}, "
           f">= {args.min_runs} runs and >= {args.min_seconds} s")
-    print(f"torch {torch.__version__}; CPU {env.cpu_model()}, {env.cpu_cores_available()} cores "
+    print(f"torch {torch.__version__}; CPU {cpu_model()}, {cpu_cores_available()} cores "
           f"available; load average {os.getloadavg()[0]:.2f} at start")
-    rows = [check(model, shape, b, args, latency) for b in args.batches]
+    aa = aa_check(model, shape, args.batches, args.device, args.threads, args.rounds,
+                  args.calls, args.warmup)
+    print("\n".join(format_aa(aa)), flush=True)
+    if args.aa_only:
+        return 0
+    rows = [check(model, shape, b, args) for b in args.batches]
     print(f"load average {os.getloadavg()[0]:.2f} at end")
     print("batch | our median ms | CV of our median | CV of our min | "
           "blocked_autorange median ms | its CV | ours / autorange (median of paired ratios)")

@@ -24,6 +24,7 @@ from bench.run.stages import GroupStages, default_device
 from bench.run.worker import execute_group, load_cell_dataset
 from bench.store import Locked, ResultStore
 from bench.suite import Suite
+from bench.threads import apply_training_threads
 
 
 @dataclass
@@ -272,6 +273,7 @@ def run_suite(suite: Suite, results_dir: str | Path, *, device: torch.device | N
         + (f", {n_pending} trained and waiting for timing" if n_pending else "")
         + f"); executor: {ex.describe()}")
     device = device or default_device()
+    restore_threads = apply_training_threads(ex.threads, say)
     groups = [(content_hash(list(key)), g) for key, g in group_cells(todo).items()]
     with SuiteProgress(len(todo), suite.name) as progress:
         if not progress.enabled:
@@ -295,6 +297,7 @@ def run_suite(suite: Suite, results_dir: str | Path, *, device: torch.device | N
                     time.sleep(wait_poll_s)
         finally:
             driver.release()
+            restore_threads()
             summary.stale_locks = store.clean_stale_locks()
     summary.seconds = time.perf_counter() - started
     return summary

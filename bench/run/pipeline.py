@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from bench.cells import Cell
+from bench.ledger import cell_ledger, count_optimizer_steps, finetune_steps_left, phase_entry
 from bench.measure import environment, measure_deployable
 from bench.method import Cost, NotApplicableError
 from bench.plugins import get_method
@@ -34,17 +35,19 @@ class PendingCell:
     cost: dict[str, float]
     evals: dict[str, Any]
     info: dict[str, Any]
+    ledger: dict[str, Any] | None = None  # bench.ledger: the training budget it spent
 
     def payload(self) -> dict:
         return {"cell_id": self.cell.id, "cell": self.cell.model_dump(mode="json"),
                 "model": self.model, "dense_cost": [self.dense_cost.params, self.dense_cost.macs],
-                "cost": self.cost, "evals": self.evals, "info": self.info}
+                "cost": self.cost, "evals": self.evals, "info": self.info,
+                "ledger": self.ledger}
 
     @classmethod
     def from_payload(cls, cell: Cell, payload: dict) -> PendingCell:
         params, macs = payload["dense_cost"]
         return cls(cell, payload["model"], Cost(int(params), int(macs)), dict(payload["cost"]),
-                   dict(payload["evals"]), dict(payload["info"]))
+                   dict(payload["evals"]), dict(payload["info"]), payload.get("ledger"))
 
 
 def make_record(cell: Cell, status: str, *, suite_name: str, suite_hash: str,
@@ -156,26 +159,38 @@ class CellPipeline:
             dense_cost = st.dense_cost(cell)
             cost: dict[str, float] = {"baseline_train_s": 0.0}
             source, cost["method_train_s"], info = st.method_trained(cell, method, dense_cost)
+            phases = [st.phases[cell.training_key()]]
         else:
             base_model, base_seconds = st.baseline(cell)
             dense_cost = st.dense_cost(cell)
             cost = {"baseline_train_s": base_seconds, "method_train_s": 0.0}
             source = base_model
+            phases = [st.phases[cell.baseline_key()]]
         ctx = st.context(cell, dense_cost)
         ctx.info.update(info)
         model = copy.deepcopy(source)
         t0 = time.perf_counter()
         seed_everything(cell.seed)
         target = cell.target_obj
-        model = (method.compress(model, target, ctx) if target is not None
-                 else method.uncompressed(model, ctx)).to(st.device)
+        with count_optimizer_steps() as counter:  # steps a method takes outside ctx.train
+            model = (method.compress(model, target, ctx) if target is not None
+                     else method.uncompressed(model, ctx)).to(st.device)
+        phases += ctx.ledger
+        unaccounted = counter.steps - sum(p["steps"] for p in ctx.ledger)
         cost["compress_s"] = time.perf_counter() - t0
+        # Every row, the dense reference included, is fine-tuned for what is left of the
+        # fine-tune budget (all of it, unless a regularization phase spent part).
+        n_train = len(st.data.train)
+        ft_steps = finetune_steps_left(phases, cell.finetune.model_dump(), n_train)
         ft_seconds = 0.0
-        if cell.target is not None and cell.finetune.epochs > 0:
+        if ft_steps > 0:
             with st.epochs_bar(f"finetune {cell.method_label}", cell.finetune.epochs) as bar:
                 stats = train(model, st.data, seed=cell.seed + 1, method=method, ctx=ctx,
-                              phase="finetune", progress=bar, **budget_kwargs(cell.finetune))
+                              phase="finetune", progress=bar, steps=ft_steps,
+                              **budget_kwargs(cell.finetune))
             ft_seconds = stats.seconds
+            phases.append(phase_entry("finetune", stats))
+        ledger = cell_ledger(cell, phases, n_train, unaccounted)
         cost["finetune_s"] = ft_seconds
         t0 = time.perf_counter()
         test = evaluate(model, st.data, "test")
@@ -184,8 +199,9 @@ class CellPipeline:
         self.work_s += cost["compress_s"] + ft_seconds + cost["eval_s"]
         cost["cell_s"] = time.perf_counter() - started
         evals = {"top1": test["top1"], "top5": test.get("top5"), "test_loss": test["loss"],
-                 "val_top1": val["top1"], "precision": training_precision(cell, st.device)}
-        return PendingCell(cell, model, dense_cost, cost, evals, dict(ctx.info))
+                 "val_top1": val["top1"], "test_n": len(st.data.test),
+                 "precision": training_precision(cell, st.device)}
+        return PendingCell(cell, model, dense_cost, cost, evals, dict(ctx.info), ledger)
 
     def finish_cell(self, pending: PendingCell) -> dict:
         """Measure (count, time) a computed cell and make its record."""
@@ -201,12 +217,19 @@ class CellPipeline:
         cost["cell_s"] = cost.get("cell_s", 0.0) + cost["measure_s"]
         extra = {"precision": precision} if precision else {}
         return self.record(pending.cell, "ok", metrics=metrics, cost=cost,
-                           method_info=pending.info, **extra)
+                           method_info=pending.info, ledger=pending.ledger, **extra)
 
     def measure(self, model: nn.Module, cell: Cell, dense_cost: Cost) -> dict[str, Any]:
-        """All figures of the deployable model: see bench.measure.measure_deployable."""
+        """All figures of the deployable model: see bench.measure.measure_deployable.
+
+        Latency is also timed paired with the dense reference: a fresh build of
+        the cell's architecture (weights do not change dense latency); for the
+        dense row itself a deep copy, so its paired figure is an A/A check.
+        """
+        reference = (copy.deepcopy(model) if cell.method == "dense"
+                     else self.stages.fresh_model(cell))
         return measure_deployable(model, self.data.input_shape, cell.latency, dense_cost,
-                                  cell.target_obj)
+                                  cell.target_obj, reference=reference)
 
     def record(self, cell: Cell, status: str, **extra: Any) -> dict:
         if self.slice:

@@ -17,6 +17,7 @@ from torch import nn
 
 from bench.cells import Cell
 from bench.data import DataBundle
+from bench.ledger import cell_budgets, phase_entry, planned_phase
 from bench.measure import measure_cost
 from bench.method import Cost, Method, MethodContext
 from bench.models import build_model
@@ -64,6 +65,8 @@ class GroupStages:
         self.store, self.data, self.device, self.say = store, data, device, say
         self._baseline: tuple[nn.Module, float] | None = None
         self._trained: dict[str, tuple[nn.Module, float, dict]] = {}
+        # ledger phase (bench.ledger) of the baseline and of each method training
+        self.phases: dict[str, dict] = {}
         self._failed: dict[str, tuple[str, BaseException]] = {}  # stage key -> (what, error)
         self._dense_cost: Cost | None = None
         self.work_s = 0.0  # seconds of training done here
@@ -106,7 +109,7 @@ class GroupStages:
             val_batches=lambda: self.data.batches("val", 256),
             measure=lambda model: measure_cost(model, shape),
             dense_cost=dense_cost, input_shape=shape, num_classes=self.data.num_classes,
-            logger=log)
+            logger=log, budget=cell_budgets(cell), train_size=len(self.data.train))
         return ctx
 
     def epochs_bar(self, desc: str, epochs: int) -> EpochBar:
@@ -149,6 +152,8 @@ class GroupStages:
         if ckpt is not None:
             model.load_state_dict(ckpt["state_dict"])
             seconds = float(ckpt["seconds"])
+            phase = ckpt.get("ledger_phase") or planned_phase(
+                "pretrain", cell.train.model_dump(), len(self.data.train))
             self.say(f"  dense baseline {cell.model.display}/{cell.dataset.display} "
                      f"seed={cell.seed}: cached checkpoint")
         else:
@@ -158,9 +163,12 @@ class GroupStages:
                 stats = train(model, self.data, seed=cell.seed, progress=bar,
                               **budget_kwargs(cell.train))
             seconds = stats.seconds
+            phase = phase_entry("pretrain", stats)
             self.work_s += seconds
             self.store.save_checkpoint(key, {"state_dict": model.state_dict(),
-                                             "seconds": seconds, "history": stats.history})
+                                             "seconds": seconds, "history": stats.history,
+                                             "ledger_phase": phase})
+        self.phases[key] = phase
         self._baseline = (model, seconds)
         return self._baseline
 
@@ -184,6 +192,8 @@ class GroupStages:
         if ckpt is not None:
             method_load_state(method, model, ckpt)
             seconds, info = float(ckpt["seconds"]), dict(ckpt.get("info", {}))
+            phase = ckpt.get("ledger_phase") or planned_phase(
+                "method_train", cell.train.model_dump(), len(self.data.train))
             self.say(f"  {cell.method_label}: cached trained model")
         else:
             self.say(f"  training {cell.method_label} on {cell.model.display}/"
@@ -194,9 +204,12 @@ class GroupStages:
                 stats = train(model, self.data, seed=cell.seed, method=method, ctx=ctx,
                               phase="train", progress=bar, **kw)
             seconds, info = stats.seconds, dict(ctx.info)
+            phase = phase_entry("method_train", stats, method.declares)
             self.work_s += seconds
             self.store.save_checkpoint(key, {"state_dict": model.state_dict(),
                                              "seconds": seconds, "info": info,
-                                             "method_state": method_state(method, model)})
+                                             "method_state": method_state(method, model),
+                                             "ledger_phase": phase})
+        self.phases[key] = phase
         self._trained[key] = (model, seconds, info)
         return self._trained[key]
