@@ -121,6 +121,13 @@ def test_device_loop_on_cpu_is_the_host_loop():
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
     assert evaluate(a, data, "test") == pytest.approx(evaluate_device(b, data, "test"))
+    c, d = mlp(), mlp()  # a step budget that ends mid-epoch, as the budget ledger asks
+    host = train(c, data, loop="host", **{**BUDGET, "steps": 7})
+    dev = train(d, data, loop="device", **{**BUDGET, "steps": 7})
+    assert dev.steps == host.steps == 7 and dev.epochs == host.epochs == 7 / 5
+    assert dev.steps_per_epoch == 5 and dev.optimizer == host.optimizer
+    for pc, pd in zip(c.parameters(), d.parameters()):
+        assert torch.equal(pc, pd)
 
 
 def test_channels_last_gives_the_contiguous_loss():
