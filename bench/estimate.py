@@ -16,8 +16,9 @@ x seconds per step; fine-tuning likewise; evaluation of the val and test
 splits; measurement; and compression: the mean of earlier records of the same
 method and model where there are some, else the training a method is known to
 do inside ``compress`` (dense-small trains its narrow model for the training
-epochs, funnel runs ``reg_epochs`` of regularization), else nothing. A
-compressed model is priced as the dense one (an upper bound for fine-tuning).
+epochs), else nothing. Every row is fine-tuned for the fine-tune budget (a
+regularization phase such as funnel's is part of it). A compressed model is
+priced as the dense one (an upper bound for fine-tuning).
 Work on the device is GPU time when the device is CUDA; latency timing on the
 CPU is CPU time.
 """
@@ -157,8 +158,6 @@ def _compress_training_epochs(cell: Any) -> float:
     ratio = next(iter((cell.target or {}).values()), 1.0)
     if cell.method == "dense-small":  # a narrow model trained from scratch per target
         return cell.train.epochs * max(ratio, 0.3)
-    if cell.method == "funnel":
-        return float(cell.params.get("reg_epochs", 0))
     return 0.0
 
 
@@ -215,7 +214,7 @@ def estimate_suite(suite: Any, results_dir: str | Path, data_root: str | None = 
             compress = sum(float(r["cost"].get("compress_s", 0.0)) for r in same) / len(same)
         else:
             compress = _train_s(p, c.train, _compress_training_epochs(c))
-        finetune = _train_s(p, c.finetune, c.finetune.epochs) if c.target is not None else 0.0
+        finetune = _train_s(p, c.finetune, c.finetune.epochs)  # every row, dense included
         evaluation = p.eval_size * p.eval_s_per_image
         est.add(label, method, compress + finetune + evaluation + p.measure_cuda_s, p.measure_s)
     est.probe_s = time.perf_counter() - started
