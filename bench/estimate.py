@@ -8,7 +8,9 @@ the model on this machine's device and times, with the harness's own code:
   fine-tuning batch size (8 steps, after 3 warm-up steps);
 - evaluation of 512 images;
 - measurement of the dense model with a cut-down latency block (two timed
-  runs), extrapolated to the suite's ``min_runs``/``min_seconds``/``warmup``.
+  runs), extrapolated to the suite's ``min_runs``/``min_seconds``/``warmup``
+  and to the paired timing against the dense reference (rounds x calls, both
+  models).
 
 The estimate adds up, per cell: every training without a checkpoint (dense
 baselines; "train" methods once per parameter set) as epochs x steps per epoch
@@ -131,6 +133,10 @@ def probe(cell: Any, data: DataBundle, device: torch.device) -> ModelProbe:
 
 def _measure_seconds(model, data, latency, measure_cost, measure_deployable) -> tuple[float, float]:
     """One cell's measurement: a cut-down run, then the timed loops scaled to the suite's."""
+    from bench.measure.paired import DEFAULT_CALLS, DEFAULT_ROUNDS
+
+    rounds = getattr(latency, "paired_rounds", DEFAULT_ROUNDS)
+    calls = getattr(latency, "paired_calls", DEFAULT_CALLS)
     quick = latency.model_copy(update={"warmup": 1, "min_runs": 2, "min_seconds": 0.0})
     dense = measure_cost(model, data.input_shape)
     t0 = time.perf_counter()
@@ -144,7 +150,9 @@ def _measure_seconds(model, data, latency, measure_cost, measure_deployable) -> 
             one = float(summary["median_ms"]) / 1000.0
             runs = max(latency.min_runs, math.ceil(latency.min_seconds / max(one, 1e-9)))
             runs = min(runs, latency.max_runs)
-            extra[dev] += (latency.warmup + runs) * one
+            # plus the paired timing against the dense reference: rounds x calls, both sides
+            paired = 2 * (rounds * calls + latency.warmup)
+            extra[dev] += (latency.warmup + runs + paired) * one
     return base + extra["cpu"], extra["cuda"]
 
 
