@@ -115,12 +115,19 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from bench.manifest import write_manifest
+    from bench.record import RecordError
     from bench.report import build_report
 
     suite, path = _suite(args)
     results = Path(args.results or RESULTS_ROOT / suite.name)
     out = Path(args.out or REPORTS_ROOT / suite.name)
-    written = build_report(suite, results, out)
+    write_manifest(suite, results)  # what the suite expects, so the report needs no suite
+    try:
+        written = build_report(results, out)
+    except RecordError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"report for '{suite.name}' written to {out}: " + ", ".join(p.name for p in written))
     if args.readme:
         from bench.report import update_readme
@@ -141,7 +148,8 @@ def cmd_publish(args) -> int:
 
     root = Path(args.reports or REPORTS_ROOT)
     try:
-        index = publish_site(root, Path(args.out) if args.out else None)
+        index = publish_site(root, Path(args.out) if args.out else None,
+                             include_examples=args.include_examples)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -214,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", help="reports root (default reports)")
     p.add_argument("--out", help="site directory (default <reports>/site)")
     p.add_argument("--readme", help="also refresh the leaderboard blocks of this Markdown file")
+    p.add_argument("--include-examples", action="store_true",
+                   help="rank example suites (digits) with the others in the site's ranking")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("validate", help="check a suite file without running anything")

@@ -303,3 +303,77 @@ def test_convnet_with_batchnorm_deploys_factorized_convs_within_budget(target):
         bn_ref.load_state_dict(bn_out.state_dict())
     ref.eval()
     assert (out(xs) - ref(xs)).abs().max() < 1e-4
+
+
+def compress_all(model, m, data, dense_cost, ratios):
+    """Each target in order, as the runner does (later targets resume the cached path)."""
+    rows = []
+    for ratio in ratios:
+        ctx = make_ctx(None, data=data)
+        ctx.dense_cost = dense_cost
+        out = m.compress(copy.deepcopy(model), Target("macs", ratio), ctx)
+        rows.append((out, ctx.info))
+    return rows
+
+
+def test_fast_search_meets_budgets_within_one_epoch_of_passes_and_is_deterministic(trained_mlp):
+    from methods import maestro_search
+
+    data, m, model, dense_cost, _ = trained_mlp
+    ratios = (0.5, 0.25, 0.125)
+    runs = []
+    for _ in range(2):  # a fresh process each time: nothing cached
+        maestro_search._SEARCHES.clear()
+        runs.append(compress_all(model, Maestro(), data, dense_cost, ratios))
+    for ratio, (out, info) in zip(ratios, runs[0]):
+        assert measure_cost(out, data.input_shape).macs <= ratio * dense_cost.macs
+        assert info["search"]["mode"] == "fast" and info["search_s"] >= 0
+    assert [info for _, info in runs[0]] == [
+        {**info, "search_s": runs[0][i][1]["search_s"]} for i, (_, info) in enumerate(runs[1])]
+    forward = sum(info["search_forward_images"] for _, info in runs[0])
+    backward = sum(info["search_backward_images"] for _, info in runs[0])
+    assert forward == runs[0][-1][1]["search"]["path_forward_images"]  # later targets resumed
+    assert 0 < forward <= len(data.train) and 0 < backward <= len(data.train)
+
+    maestro_search._SEARCHES.clear()
+    exhaustive = compress_all(model, Maestro({"search": "exhaustive"}), data, dense_cost, ratios)
+    assert sum(info["search_forward_images"] for _, info in exhaustive) > 4 * forward
+    for (fast, _), (slow, _) in zip(runs[0], exhaustive):  # same accuracy within a few samples
+        assert evaluate(fast, data, "val")["top1"] >= evaluate(slow, data, "val")["top1"] - 0.05
+
+
+def test_taylor_effects_are_the_loss_derivatives_of_each_component():
+    from methods.maestro_search import FastSearch
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    xs, ys = torch.randn(40, 1, 6, 6, generator=gen), torch.randint(0, 10, (40,), generator=gen)
+    batches = lambda: iter([(xs[:20], ys[:20]), (xs[20:], ys[20:])])  # noqa: E731
+    model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 16, 12), nn.ReLU(), nn.Linear(12, 10))
+    ctx = make_ctx(model, shape=(1, 6, 6))
+    ctx.calibration_batches = ctx.val_batches = batches
+    m = Maestro()
+    model = m.prepare(model, ctx).eval()
+    layers = ordered_layers(model)
+    assert set(layers) == {"1", "4"}
+    search = FastSearch(model, layers, "macs", ctx, m.params, list(batches()))
+    search.reanchor()
+    assert search.forward_images == search.backward_images == 40
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(F.cross_entropy(model(xs), ys))
+
+    base, eps = loss(), 1e-3
+    assert abs(search.anchor_loss - base) < 1e-5
+    for path, layer in layers.items():
+        curve = search.curves[path]
+        for b in (0, layer.full_rank - 1):  # d loss / d (scale of component b) = mean_n a_nb
+            with torch.no_grad():
+                layer.u[:, b] *= 1 + eps
+            slope = (loss() - base) / eps
+            with torch.no_grad():
+                layer.u[:, b] /= 1 + eps
+            first_order = curve[b] - curve[b + 1]  # -mean(a_nb) + second-order terms
+            assert abs(slope + first_order) < 0.05 * abs(slope) + 1e-3, (path, b, slope)

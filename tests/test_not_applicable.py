@@ -8,9 +8,10 @@ import json
 import torch
 
 from bench.cli import main
-from bench.report.build import analyse, load_records
+from bench.manifest import read_manifest
+from bench.record import load_records
+from bench.report.build import analyse
 from bench.store import ResultStore
-from bench.suite import load_suite
 
 
 def records(results) -> list[dict]:
@@ -48,12 +49,11 @@ def test_unreachable_targets_are_not_applicable_cells(tiny_suite, write_suite, t
     assert {r["cell_id"]: r["created"] for r in records(results)} == \
         {r["cell_id"]: r["created"] for r in recs}
     # the report lists them apart: not failed, not ranked
-    suite, _ = load_suite(path)
-    recs2, expected = load_records(suite, results)
     (tmp_path / "report").mkdir()
-    ctx = analyse(suite, recs2, expected, tmp_path / "report")
-    assert ctx["counts"]["not_applicable"] == 4 and ctx["counts"]["failed"] == 0
-    assert ctx["counts"]["missing"] == 0 and not ctx["failures"]
+    ctx = analyse(read_manifest(results), load_records(results), tmp_path / "report")
+    assert ctx["counts"]["not applicable"] == 4 and ctx["counts"]["failed"] == 0
+    assert ctx["counts"]["not run"] == 0 and not ctx["failures"]
     assert {f["method"] for f in ctx["not_applicable"]} == {"monarch-none", "unreachable"}
-    ranked = {s["method"] for g in ctx["groups"] for s in g["raw_scores"]["scores"]}
+    ranked = {s["method"] for g in ctx["groups"] for s in g["raw_scores"]["scores"]
+              if s["complete"]}
     assert ranked and not ranked & {"monarch-none", "unreachable"}

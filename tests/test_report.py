@@ -17,7 +17,9 @@ import yaml
 
 from bench.cells import expand
 from bench.cli import main
-from bench.report import build_report, flatten, md_escape, publish_site, update_readme
+from bench.manifest import write_manifest
+from bench.record import load_record
+from bench.report import build_report, md_escape, publish_site, record_view, update_readme
 from bench.report.readme import markers, rebase_links
 from bench.report.scores import area_scores, cross_ranking, iso_accuracy, mean_over_range
 from bench.report.stats import (
@@ -108,6 +110,7 @@ def write_synthetic(tmp_path: Path, seeds: list[int], fail_one: bool = True,
         failed |= fail
         rec = fake_record(cell, suite, seed_noise=(i * 7 + cell.seed * 3) % 5 - 2, fail=fail)
         (cells_dir / f"{cell.id}.json").write_text(json.dumps(rec))
+    write_manifest(suite, tmp_path / "results")
     return suite_path, tmp_path / "results"
 
 
@@ -174,8 +177,26 @@ def test_cross_ranking_averages_ranks_over_groups():
     out = {r["method"]: r for r in cross_ranking(rows)}
     assert out["a"]["auc_macs_rank"] == 1.5 and out["b"]["auc_macs_rank"] == 1.5
     assert out["a"]["wins"] == 1 and out["b"]["iso_macs_rank"] == 1.5
-    assert out["c"]["auc_macs_rank"] is None and out["c"]["groups"] == 1
+    assert out["c"]["auc_macs_rank"] is None and out["c"]["groups"] == 0
+    assert out["c"]["appears"] == 1 and not out["c"]["complete"]
     assert [r["method"] for r in cross_ranking(rows)][-1] == "c"
+
+
+def test_cross_ranking_never_averages_over_unequal_coverage():
+    """A method scored in one group of three (where it wins) is marked incomplete, gets no
+    mean rank, and does not push the complete methods' ranks down; its head-to-head win
+    rate counts only the comparisons it had."""
+    rows = [{"group": g, "method": m, "auc_macs": v} for g, m, v in
+            [(1, "a", 0.9), (1, "b", 0.8), (1, "c", 0.99),
+             (2, "a", 0.9), (2, "b", 0.8), (3, "a", 0.7), (3, "b", 0.8)]]
+    ranking = cross_ranking(rows)
+    out = {r["method"]: r for r in ranking}
+    assert [r["method"] for r in ranking] == ["a", "b", "c"]
+    assert not out["c"]["complete"] and out["c"]["auc_macs_rank"] is None
+    assert (out["c"]["groups"], out["c"]["n_groups"]) == (1, 3)
+    assert out["a"]["auc_macs_rank"] == pytest.approx(4 / 3)  # ranks 1, 1, 2 without c
+    assert out["c"]["win_rate"] == 1.0 and out["c"]["comparisons"] == 2
+    assert out["a"]["win_rate"] == pytest.approx(2 / 4) and out["a"]["comparisons"] == 4
 
 
 # -- escaping and flattening --------------------------------------------------
@@ -185,14 +206,16 @@ def test_md_escape_neutralises_html_and_table_syntax():
     assert "\\|" in out and "\\*y\\*" in out and "\\`" in out and "\n" not in out
 
 
-def test_flatten_tolerates_missing_and_extra_fields():
-    df = flatten([{"cell_id": "x", "status": "ok", "model": "m", "dataset": "d",
-                   "method": "new-method", "metrics": {"top1": 0.5, "size_bytes": 10}},
-                  {"cell_id": "y", "status": "failed", "model": "m", "dataset": "d",
-                   "method": "other", "error": {"type": "E", "message": "boom"}}])
+def test_record_view_tolerates_missing_and_extra_fields():
+    base = {"suite": "s", "model": "m", "dataset": "d"}
+    recs = [load_record({**base, "cell_id": "x", "status": "ok", "method": "new-method",
+                         "metrics": {"top1": 0.5, "size_bytes": 10, "later": {"a": 1}}}),
+            load_record({**base, "cell_id": "y", "status": "failed", "method": "other",
+                         "error": {"type": "E", "message": "boom"}})]
+    df = record_view(recs)
     assert df.loc[0, "top1"] == 0.5 and df.loc[0, "size_bytes"] == 10
     assert math.isnan(df.loc[0, "macs_ratio"]) and df.loc[1, "error"] == "boom"
-    assert df.loc[0, "target"] == "dense"
+    assert df.loc[0, "target"] == "dense" and df.loc[1, "state"] == "failed"
 
 
 # -- full report --------------------------------------------------------------
@@ -200,7 +223,7 @@ def test_report_end_to_end(tmp_path):
     suite_path, results = write_synthetic(tmp_path, seeds=[0, 1, 2], wide=True)
     suite, _ = load_suite(suite_path)
     out = tmp_path / "report"
-    written = {p.name for p in build_report(suite, results, out)}
+    written = {p.name for p in build_report(results, out)}
     for name in ("README.md", "index.html", "results.csv", "results.json", "scores.json",
                  "summary.md"):
         assert name in written
@@ -213,28 +236,38 @@ def test_report_end_to_end(tmp_path):
     assert "{{" not in md and "{%" not in md and "n/a" in md
     assert "| svd-global | svd | post | truncated SVD per layer" in md  # methods table
     assert XSS_METHOD not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
-    assert "**RuntimeError**" in md and "<img" not in md and "\\|" in md
+    assert "## Findings" in md and "- mlp/digits macs<=0.5: svd-global" in md
+    assert "RuntimeError: shape mismatch in &lt;img" in md and "<img" not in md
+    assert "\\|" in md and "| failed |" in md
     assert "| svd |" in md and "| ref | dense |" in md
     assert "top-1 % ↑" in md and "MACs ×dense ↓" in md and "GPU p50 ms ↓ (batch 1)" in md
     # mean ± std over 3 seeds, dense reference, speedups; GPU latency only where measured
     assert " ± " in md and "| ref |" in md and "×" in md
     mlp, wide = md.split("## mlp on digits")[1].split("## mlp-wide on digits")
-    gpu = [line.split(" | ")[-2] for line in mlp.splitlines() if line.startswith("| ref |")]
-    assert gpu and set(gpu) == {"n/a"}
-    gpu = [line.split(" | ")[-2] for line in wide.splitlines() if line.startswith("| ref |")]
-    assert gpu and "n/a" not in gpu and float(gpu[0]) > 0
+    assert "GPU p50" not in mlp  # n/a in every row: the column is hidden
+    header = next(line for line in wide.splitlines() if line.startswith("| rank |"))
+    gpu_col = header.split(" | ").index("GPU p50 ms ↓ (batch 1)")
+    gpu = [line.split(" | ")[gpu_col] for line in wide.splitlines() if line.startswith("| ref |")]
+    assert gpu and float(gpu[0]) > 0
     assert "](acc-vs-gpu-latency-mlp-wide-digits.png)" in wide
     assert not (out / "acc-vs-gpu-latency-mlp-digits.svg").exists()
     html = (out / "index.html").read_text()
-    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;img src=x onerror=alert(2)&gt;" in html and "{{" not in html
     assert "<b>with markup</b>" not in html and 'src="acc-vs-macs-mlp-digits.svg"' in html
     assert 'title="p90 0.550 ms, IQR 0.010 ms (median over seeds)"' in html  # dense, batch 1
-    # the exported table has every cell and every leaf field, new ones included
+    # tidy CSV: one row per cell, few columns; the long format has every metric leaf
     csv = pd.read_csv(out / "results.csv")
-    assert len(csv) == len(expand(suite))
-    assert {"metrics.latency.cpu.b64.p90_ms", "metrics.a_future_metric", "error.message",
-            "cost.finetune_s", "env.git_commit"} <= set(csv.columns)
+    assert len(csv) == len(expand(suite)) and len(csv.columns) <= 40
+    assert {"top1", "macs_ratio", "cpu_b64_ms", "cost_s", "error"} <= set(csv.columns)
+    long = pd.read_csv(out / "results-long.csv")
+    assert set(long.columns) == {"cell_id", "metric", "value"}
+    assert {"metrics.latency.cpu.b64.p90_ms", "metrics.a_future_metric",
+            "cost.finetune_s", "top1"} <= set(long.metric)
+    # every record is copied beside the page, as linked
+    rec = json.loads((out / "records" / f"{csv.cell_id[0]}.json").read_text())
+    assert rec["cell_id"] == csv.cell_id[0] and rec["schema_version"] == 2
+    assert f'href="records/{csv.cell_id[0]}.json"' in html
     js = json.loads((out / "results.json").read_text())
     assert len(js) == len(csv) and all("cell_id" in r for r in js)
     scores = json.loads((out / "scores.json").read_text())
@@ -242,9 +275,10 @@ def test_report_end_to_end(tmp_path):
     by_method = {s["method"]: s for s in group["scores"]}
     # svd-global loses the least accuracy per halving: it wins the curve score
     assert by_method["svd-global"]["auc_macs"] > by_method["svd"]["auc_macs"]
-    assert by_method["svd-global"]["auc_macs"] > by_method[XSS_METHOD]["auc_macs"]
+    # one failed seed of three: the entry stands on the other two and says so
+    assert by_method[XSS_METHOD]["complete"] and "(n=2 of 3)" in md
     md_ranking = md.split("## Ranking across models and datasets")[1]
-    assert "| svd-global | 2 | 2 | 1.00 |" in md_ranking
+    assert "| svd-global | 2 of 2 | 100% | 4 | 1.00 |" in md_ranking
 
 
 @pytest.fixture(scope="module")
@@ -253,15 +287,15 @@ def single_seed_report(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("single")
     suite_path, results = write_synthetic(tmp, seeds=[0], fail_one=False)
     suite, _ = load_suite(suite_path)
-    build_report(suite, results, tmp / "reports" / "synth")
+    build_report(results, tmp / "reports" / "synth")
     return tmp / "reports" / "synth"
 
 
 def test_report_ranks_ties_and_shows_single_seed_intervals(single_seed_report):
     md = (single_seed_report / "README.md").read_text()
     assert f"Wilson interval over the {TEST_N} test samples" in md
-    assert "| =1 |" in md  # svd and svd-global are 2 samples apart on 359: a tie
-    assert "Failed cells" not in md
+    assert "| **=1** |" in md  # svd and svd-global are 2 samples apart on 359: a tie
+    assert "Failed" not in md and "Incomplete" not in md
 
 
 def test_report_tolerates_sparse_records(tmp_path):
@@ -279,9 +313,10 @@ def test_report_tolerates_sparse_records(tmp_path):
             rec["metrics"].pop("top1")  # unranked, still exported
         path.write_text(json.dumps(rec))
     out = tmp_path / "report"
-    build_report(suite, results, out)
+    build_report(results, out)
     md = (out / "README.md").read_text()
-    assert "| ref |" not in md and "1 not run (of 10)" in md
+    assert "| ref |" not in md and "1 not run, of 10 expected" in md
+    assert "| no top-1 | svd |" in md
     assert "never" not in md and "| n/a |" in md and "### MACs ≤ 0.25× dense" in md
     assert (out / "acc-vs-macs-mlp-digits.png").exists()
     assert not (out / "acc-vs-latency-mlp-digits.png").exists()
@@ -323,6 +358,11 @@ def test_cli_report_readme_and_publish(tmp_path, monkeypatch):
     index = (tmp_path / "reports" / "site" / "index.html").read_text()
     assert 'href="synth/index.html"' in index and "Ranking across suites" in index
     assert (tmp_path / "reports" / "site" / "synth" / "acc-vs-macs-mlp-digits.svg").exists()
+    # a digits-only suite is an example: listed, but out of the headline ranking by default
+    assert "suites left out: synth" in index and "&lt;script&gt;" not in index
+    assert "Built " in index and "commit" in index
+    assert main(["publish", "--include-examples"]) == 0
+    index = (tmp_path / "reports" / "site" / "index.html").read_text()
     assert XSS_METHOD not in index and "&lt;script&gt;" in index
 
 
@@ -346,10 +386,15 @@ def test_over_budget_entries_are_shown_but_not_ranked(tmp_path):
             rec["metrics"]["budget"].update(met=False, achieved=1.0, over_by=0.5)
             path.write_text(json.dumps(rec))
     out = tmp_path / "report"
-    build_report(suite, results, out)
+    build_report(results, out)
     tier = (out / "README.md").read_text().split("### MACs ≤ 0.5× dense")[1].split("###")[0]
     rows = [line for line in tier.splitlines() if line.startswith("| ")]
     over = [r for r in rows if r.startswith("| over budget |")]
     assert len(over) == 1 and "⚠ +0.500" in over[0] and "100.00" in over[0]
     assert rows.index(over[0]) == len(rows) - 1  # listed after every ranked entry
-    assert any(r.startswith("| 1 |") or r.startswith("| =1 |") for r in rows)
+    assert any(r.startswith("| **1** |") or r.startswith("| **=1** |") for r in rows)
+    # its 100% at 1.0x MACs would "keep 99% of dense" at once: over budget, it never scores
+    scores = json.loads((out / "scores.json").read_text())["groups"][0]["scores"]
+    xss = next(s for s in scores if s["method"] == XSS_METHOD)
+    assert not xss["complete"] and xss["iso_macs"] is None and xss["auc_macs"] is None
+    assert all(s["iso_macs"] is None or s["iso_macs"] < 1 for s in scores)

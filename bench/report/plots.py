@@ -7,6 +7,7 @@ files, fixed SVG ids) so regenerated reports diff cleanly.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,23 +20,46 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 plt.rcParams["svg.hashsalt"] = "lowrank-bench"
+DPI = 200  # PNGs at 2x: legend text stays readable on high-density screens
 PALETTE = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
+# Methods shipped with the project get fixed, well-separated styles; any other label
+# is hashed into the palette, so a method looks the same in every report and the site.
+KNOWN = {"svd": 0, "svd-accel": 1, "lorita": 2, "maestro": 3, "funnel": 4, "monarch": 5,
+         "monarch-scratch": 6, "prune-l1": 7, "prune-random": 8, "dense-small": 9,
+         "prune-group": 10}
 
 
 def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower() or "x"
 
 
+def method_style(method: str) -> tuple[tuple, str]:
+    """(colour, marker) of a method label: fixed for known methods, else a stable hash."""
+    if method in KNOWN:
+        i = KNOWN[method]
+    else:  # the palette's slots after the known methods', so a plugin never looks like one
+        free = len(PALETTE) - len(KNOWN)
+        i = len(KNOWN) + int(hashlib.sha256(str(method).encode()).hexdigest()[:8], 16) % free
+    return tuple(PALETTE[i % len(PALETTE)]), MARKERS[i % len(MARKERS)]
+
+
 def method_colors(methods: list[str]) -> dict[str, tuple]:
-    """One stable colour per method label (in first-seen order), shared by all plots."""
-    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(dict.fromkeys(methods))}
+    """Colour of each method label; the same label gets the same colour in every report."""
+    return {m: method_style(m)[0] for m in dict.fromkeys(methods)}
 
 
 def _ordered(methods: pd.Series, colors: dict) -> list[str]:
-    """Methods present, in colour (suite) order, unknown ones last."""
+    """Methods present, in the given (suite) order, unknown ones last."""
     present = list(dict.fromkeys(methods))
     return sorted(present, key=lambda m: (m not in colors, list(colors).index(m)
                                           if m in colors else 0))
+
+
+def _legend(ax) -> None:
+    """Legend outside the axes, to the right: never on top of a point."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+              frameon=False)
 
 
 def _text(label: str) -> str:
@@ -78,45 +102,78 @@ def _log_axis(ax, which: str, base: float) -> None:
 
 
 def _save(fig, out_dir: Path, stem: str) -> tuple[str, str]:
-    fig.tight_layout()
     png, svg = f"{stem}.png", f"{stem}.svg"
-    fig.savefig(out_dir / png, metadata={"Software": None})
-    fig.savefig(out_dir / svg, metadata={"Date": None, "Creator": None})
+    fig.savefig(out_dir / png, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(out_dir / svg, bbox_inches="tight", metadata={"Date": None, "Creator": None})
     plt.close(fig)
     return png, svg
 
 
+def _xerr(g: pd.DataFrame, x: str) -> np.ndarray | None:
+    """Horizontal error bars of a latency axis: the paired interval when the points carry
+    one (`<x>_lo`/`<x>_hi`), else the interquartile range (`<x>` with p25/p75 columns)."""
+    lo_col, hi_col = x.replace("_ms", "_p25_ms"), x.replace("_ms", "_p75_ms")
+    if lo_col == x or lo_col not in g or not g[lo_col].notna().any():
+        return None
+    lo = (g[x] - g[lo_col]).clip(lower=0).fillna(0.0)
+    hi = (g[hi_col] - g[x]).clip(lower=0).fillna(0.0)
+    return np.vstack([lo.to_numpy(float), hi.to_numpy(float)])
+
+
 def accuracy_vs(points: pd.DataFrame, x: str, xlabel: str, title: str, colors: dict,
                 out_dir: Path, stem: str, log_base: float = 2) -> tuple[str, str]:
-    """Top-1 against a cost column, one colour per method, dense starred, front dashed.
+    """Top-1 against a cost column, one style per method, dense starred, front dashed.
 
-    `points` has one row per (method, target) with columns method, dense,
-    top1, top1_std and the cost column `x`; rows missing `x` are skipped.
+    `points` has one row per (method, target) with columns method, ref (the reference row),
+    top1, top1_std, over_budget and the cost column `x`; rows missing `x`
+    are skipped. A method's points are joined in order of x (no zig-zag);
+    error bars are the std over seeds (y) and the IQR of the timed runs (x,
+    latency axes); over-budget points are ringed in red.
     """
     sub = points[points[x].notna() & points.top1.notna() & (points[x] > 0)]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method in _ordered(sub.method, colors):
-        # join a method's points in budget order: its trajectory as the budget shrinks
-        g = sub[sub.method == method].sort_values("macs_ratio")
-        color = colors.get(method, "grey")
-        if bool(g.dense.all()):
+        g = sub[sub.method == method].sort_values(x)
+        color, marker = method_style(method)
+        if bool(g.ref.all()):
             ax.scatter(g[x], 100 * g.top1, marker="*", s=220, color="black", zorder=6,
-                       label=_text(method) if method == "dense" else f"{_text(method)} (dense)")
+                       label=f"{_text(method)} (reference)")
             continue
         yerr = 100 * g.top1_std.fillna(0.0) if g.top1_std.notna().any() else None
-        ax.errorbar(g[x], 100 * g.top1, yerr=yerr, marker="o", ms=5, lw=1.6, capsize=3,
-                    color=color, label=_text(method), zorder=4)
-    if len(sub):
-        fx, fy = pareto_front(sub[x].to_numpy(float), sub.top1.to_numpy(float))
+        ax.errorbar(g[x], 100 * g.top1, yerr=yerr, xerr=_xerr(g, x), marker=marker, ms=5,
+                    lw=1.6, capsize=3, color=color, label=_text(method), zorder=4)
+        over = g[g.over_budget.astype(bool)]
+        if len(over):
+            ax.scatter(over[x], 100 * over.top1, s=130, facecolors="none",
+                       edgecolors="#cf222e", linewidths=1.8, zorder=7)
+    if "over_budget" in sub and sub.over_budget.astype(bool).any():
+        ax.scatter([], [], s=130, facecolors="none", edgecolors="#cf222e", linewidths=1.8,
+                   label="over budget")
+    within = sub[~sub.over_budget.astype(bool)] if "over_budget" in sub else sub
+    if len(within):
+        fx, fy = pareto_front(within[x].to_numpy(float), within.top1.to_numpy(float))
         ax.step(fx, 100 * fy, where="post", ls="--", lw=1.2, color="0.35", zorder=3,
                 label="Pareto front")
+    if len(sub):  # zoom on where the methods are, unless that hides an ordinary point
+        ys = 100 * sub.top1
+        top, q10, bottom = float(ys.max()), float(ys.quantile(0.1)), float(ys.min())
+        spread = max(top - q10, 0.5)
+        lo_y = bottom - 0.06 * max(top - bottom, 1.0)
+        if q10 - bottom > 3 * spread:  # a collapsed outlier: cut the axis, keep an arrow
+            lo_y = q10 - 0.5 * spread
+        ax.set_ylim(lo_y, top + 0.08 * max(1.0, top - lo_y))
+        for _, p in sub[ys < lo_y].iterrows():  # below the view: an arrow with its value
+            ax.annotate(f"{100 * p.top1:.1f}", (p[x], lo_y), xytext=(0, 14),
+                        textcoords="offset points", ha="center", fontsize=8,
+                        color=method_style(p.method)[0],
+                        arrowprops={"arrowstyle": "->", "color": method_style(p.method)[0]})
     _log_axis(ax, "x", log_base)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 test accuracy (%) ↑")
     ax.set_title(_text(title), fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     if len(sub):
-        ax.legend(fontsize=7, loc="best")
+        _legend(ax)
     return _save(fig, out_dir, stem)
 
 
@@ -125,13 +182,13 @@ def speedup_vs_theoretical(points: pd.DataFrame, batches: list[str], title: str,
     """Measured CPU speedup against MACs speedup (1 / MACs ratio), with y = x.
 
     Points under the line are savings that did not turn into latency; one
-    marker shape per batch size. `points` needs columns method, dense,
+    marker shape per batch size. `points` needs columns method, ref,
     macs_ratio and speedup_<batch> for each batch.
     """
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     markers = ["o", "s", "^", "D", "v"]
     lo, hi = 1.0, 1.0
-    sub = points[~points.dense.astype(bool) & points.macs_ratio.notna() & (points.macs_ratio > 0)]
+    sub = points[~points.ref.astype(bool) & points.macs_ratio.notna() & (points.macs_ratio > 0)]
     for bi, b in enumerate(batches):
         col = f"speedup_{b}"
         if col not in sub:
@@ -140,9 +197,15 @@ def speedup_vs_theoretical(points: pd.DataFrame, batches: list[str], title: str,
         for method in _ordered(have.method, colors):
             g = have[have.method == method]
             theo = 1.0 / g.macs_ratio
+            color = method_style(method)[0]
+            lo_c, hi_c = f"{col}_lo", f"{col}_hi"
+            if lo_c in g and g[lo_c].notna().any():  # paired interval of the speedup
+                err = np.vstack([(g[col] - g[lo_c]).clip(lower=0).fillna(0).to_numpy(float),
+                                 (g[hi_c] - g[col]).clip(lower=0).fillna(0).to_numpy(float)])
+                ax.errorbar(theo, g[col], yerr=err, fmt="none", ecolor=color, capsize=2,
+                            lw=1, zorder=3)
             ax.scatter(theo, g[col], marker=markers[bi % len(markers)], s=36,
-                       color=colors.get(method, "grey"), zorder=4,
-                       label=_text(method) if bi == 0 else None)
+                       color=color, zorder=4, label=_text(method) if bi == 0 else None)
             lo = min(lo, float(theo.min()), float(g[col].min()))
             hi = max(hi, float(theo.max()), float(g[col].max()))
     for bi, b in enumerate(batches):  # shape key: one grey marker per batch size
@@ -156,7 +219,7 @@ def speedup_vs_theoretical(points: pd.DataFrame, batches: list[str], title: str,
     ax.set_ylabel("measured CPU speedup (p50) ↑")
     ax.set_title(_text(title), fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    _legend(ax)
     return _save(fig, out_dir, stem)
 
 

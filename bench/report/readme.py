@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from bench.store import atomic_write_bytes
+from bench.report.build import write_text
 
 _LINK = re.compile(r"(\]\()([^)\s]+)(\))")
 
@@ -53,5 +53,5 @@ def update_readme(readme: Path, suite: str, report_dir: Path) -> bool:
     new = text[: i + len(start)] + "\n" + body + "\n" + text[j:]
     if new == text:
         return False
-    atomic_write_bytes(readme, new.encode())
+    write_text(readme, new)
     return True

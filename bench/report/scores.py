@@ -9,8 +9,10 @@
 - Iso-accuracy: the smallest measured cost ratio at which the method keeps
   99% of dense top-1 (MLPerf's 99% quality tier). Measured points only, no
   interpolation: a number here is a model someone could ship.
-- Cross-group ranking: methods ranked within each suite x model x dataset by
-  each score, then ranks averaged, so no single benchmark dominates.
+- Cross-group ranking over equal coverage: methods ranked within each suite x
+  model x dataset by each score and ranks averaged, among the methods scored
+  in every group only; beside it a head-to-head win rate (HELM), which
+  compares two methods only where both have a score.
 """
 
 from __future__ import annotations
@@ -95,39 +97,76 @@ SCORE_KEYS = (  # (key, higher is better)
 )
 
 
-def cross_ranking(rows: Iterable[Mapping]) -> list[dict]:
-    """Average rank per method across groups, for each score in SCORE_KEYS.
+def win_rate(by_group: Mapping[object, list[Mapping]], key: str, higher: bool
+             ) -> dict[str, tuple[float, int]]:
+    """HELM-style head-to-head win rate on one score: (rate, comparisons) per method.
 
-    `rows` hold one method's scores in one group: keys `group` (any hashable
-    label, e.g. suite/model/dataset), `method` and the SCORE_KEYS. A method is
-    ranked only in groups where it has the score; `groups` counts where it
-    appears at all and `wins` how often it ranks first on area under
-    accuracy-vs-MACs.
+    In each group every pair of methods that both have the score is one
+    comparison (a tie is half a win), so a method is only ever compared on a
+    cell its opponent also has, whatever either one covers elsewhere.
+    """
+    won: dict[str, float] = defaultdict(float)
+    n: dict[str, int] = defaultdict(int)
+    for members in by_group.values():
+        vals = {m["method"]: m.get(key) for m in members}
+        vals = {k: v for k, v in vals.items() if v is not None and not math.isnan(v)}
+        for a, va in vals.items():
+            for b, vb in vals.items():
+                if a == b:
+                    continue
+                n[a] += 1
+                won[a] += 0.5 if va == vb else float((va > vb) == higher)
+    return {m: (won[m] / n[m], n[m]) for m in n}
+
+
+def cross_ranking(rows: Iterable[Mapping]) -> list[dict]:
+    """Methods across groups, compared only where coverage is equal.
+
+    `rows` hold one method's scores in one group: keys `group` (any hashable,
+    e.g. (suite, model, dataset)), `method` and the SCORE_KEYS (None when the
+    method has no score there, e.g. an incomplete curve). A method is
+    *complete* when it has the MACs curve score in every group; mean ranks
+    are computed among complete methods only, re-ranked within each group,
+    so no average mixes different subsets. Every method also gets its
+    head-to-head win rate on the MACs curve score (`win_rate`, over
+    `comparisons` pairs) and its coverage (`groups` scored of `n_groups`).
     """
     by_group: dict[object, list[Mapping]] = defaultdict(list)
     for r in rows:
         by_group[r["group"]].append(r)
-    ranks: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    n_groups = len(by_group)
+    covered: dict[str, int] = defaultdict(int)
     seen: dict[str, int] = defaultdict(int)
     for members in by_group.values():
         for m in members:
             seen[m["method"]] += 1
+            v = m.get("auc_macs")
+            covered[m["method"]] += int(v is not None and not math.isnan(v))
+    complete = {m for m, c in covered.items() if c == n_groups}
+    ranks: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for members in by_group.values():
+        inner = [m for m in members if m["method"] in complete]
         for key, higher in SCORE_KEYS:
-            got = rank_values({m["method"]: m.get(key) for m in members}, higher)
+            got = rank_values({m["method"]: m.get(key) for m in inner}, higher)
             for method, rank in got.items():
                 ranks[method][key].append(rank)
+    rates = win_rate(by_group, "auc_macs", True)
     out = []
     for method in seen:
-        entry: dict = {"method": method, "groups": seen[method],
+        full = method in complete
+        rate, comparisons = rates.get(method, (None, 0))
+        entry: dict = {"method": method, "groups": covered[method], "n_groups": n_groups,
+                       "appears": seen[method], "complete": full, "win_rate": rate,
+                       "comparisons": comparisons,
                        "wins": sum(1 for r in ranks[method]["auc_macs"] if r == 1)}
         for key, _ in SCORE_KEYS:
-            got = ranks[method][key]
+            got = ranks[method][key] if full else []
             entry[f"{key}_rank"] = float(np.mean(got)) if got else None
             entry[f"{key}_n"] = len(got)
         out.append(entry)
     inf = float("inf")
-    out.sort(key=lambda e: (e["auc_macs_rank"] if e["auc_macs_rank"] is not None else inf,
-                            e["auc_latency_rank"] if e["auc_latency_rank"] is not None else inf,
-                            e["iso_macs_rank"] if e["iso_macs_rank"] is not None else inf,
+    out.sort(key=lambda e: (not e["complete"],
+                            e["auc_macs_rank"] if e["auc_macs_rank"] is not None else inf,
+                            -(e["win_rate"] if e["win_rate"] is not None else -1.0),
                             e["method"]))
     return out

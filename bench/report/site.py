@@ -1,25 +1,30 @@
 """Gather every suite's report into one static site with an index page.
 
 reports/<suite>/ folders (anything holding an index.html) are copied to
-reports/site/<suite>/, and reports/site/index.html links them and ranks
-methods across all suites by the curve scores each report saved in
-scores.json. The result is plain files, ready for any static host.
+reports/site/<suite>/, and reports/site/index.html links them and compares
+methods across suites from the scores each report saved in scores.json:
+mean ranks over equal coverage and head-to-head win rates. Example suites
+(a manifest with `example: true`, or only toy datasets such as digits) are
+listed but kept out of that ranking unless `include_examples` is set.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import jinja2
 
-from bench.report.build import fmt
+from bench.report.build import write_text
+from bench.report.present import rank_row
 from bench.report.scores import cross_ranking
-from bench.store import atomic_write_bytes
 
 TEMPLATES = Path(__file__).parent / "templates"
 SITE_DIR = "site"
+EXAMPLE_DATASETS = ("digits",)  # toy data: a suite on these alone is an example
 
 
 def suite_reports(reports_root: Path, exclude: str = SITE_DIR) -> list[Path]:
@@ -34,7 +39,24 @@ def _load_scores(d: Path) -> dict:
         return {}
 
 
-def publish_site(reports_root: Path, out: Path | None = None) -> Path:
+def is_example(scores: dict, example_datasets: tuple[str, ...] = EXAMPLE_DATASETS) -> bool:
+    if scores.get("example"):
+        return True
+    datasets = {g.get("dataset") for g in scores.get("groups", [])}
+    return bool(datasets) and datasets <= set(example_datasets)
+
+
+def git_commit(cwd: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10, cwd=cwd)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def publish_site(reports_root: Path, out: Path | None = None, include_examples: bool = False,
+                 example_datasets: tuple[str, ...] = EXAMPLE_DATASETS) -> Path:
     """Copy each reports/<suite>/ into `out` (default reports/site/) and write its index."""
     reports_root = Path(reports_root)
     out = Path(out) if out else reports_root / SITE_DIR
@@ -43,7 +65,7 @@ def publish_site(reports_root: Path, out: Path | None = None) -> Path:
         raise FileNotFoundError(f"no suite reports under {reports_root}/ (each needs an "
                                 "index.html); render one first (lowrank-bench report quick)")
     out.mkdir(parents=True, exist_ok=True)
-    entries, rows = [], []
+    entries, rows, commits, hashes = [], [], set(), {}
     for d in suites:
         target = out / d.name
         if target.exists():
@@ -51,23 +73,33 @@ def publish_site(reports_root: Path, out: Path | None = None) -> Path:
         shutil.copytree(d, target)
         scores = _load_scores(d)
         groups = scores.get("groups", [])
-        for g in groups:
-            for s in g.get("scores", []):
-                rows.append({**s, "group": (d.name, g.get("model"), g.get("dataset"))})
+        example = is_example(scores, example_datasets)
+        ranked = include_examples or not example
+        if ranked:
+            for g in groups:
+                for s in g.get("scores", []):
+                    rows.append({**s, "group": (d.name, g.get("model"), g.get("dataset"))})
+        commits.update(scores.get("commits", []))
+        hashes[d.name] = scores.get("suite_hash", "n/a")
         thumb = next(iter(sorted(d.glob("acc-vs-macs-*.svg"))), None)
+        counts = scores.get("counts", {})
         entries.append({
-            "name": d.name, "description": scores.get("description", ""),
-            "counts": scores.get("counts", {}),
+            "name": d.name, "description": scores.get("description", ""), "example": example,
+            "ranked": ranked,
+            "counts": ", ".join(f"{counts[k]} {k}" for k in
+                                ("ok", "over budget", "failed", "not applicable", "not run")
+                                if counts.get(k)) + f" of {counts.get('expected', '?')}",
             "pairs": [f"{g.get('model')} on {g.get('dataset')}" for g in groups],
             "thumb": f"{d.name}/{thumb.name}" if thumb else None})
-    ranking = [{"method": r["method"], "groups": str(r["groups"]), "wins": str(r["wins"]),
-                **{k: fmt(r[f"{k}_rank"], ".2f") for k in
-                   ("auc_macs", "auc_latency", "iso_macs", "iso_latency")}}
-               for r in cross_ranking(rows)]
+    ranking = [rank_row(r) for r in cross_ranking(rows)]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
                              undefined=jinja2.StrictUndefined, autoescape=True)
     html = env.get_template("site.html.j2").render(
-        suites=entries, ranking=ranking, n_groups=len({r["group"] for r in rows}))
-    atomic_write_bytes(out / "index.html", html.encode())
-    atomic_write_bytes(out / ".nojekyll", b"")
+        suites=entries, ranking=ranking, n_groups=len({r["group"] for r in rows}),
+        built=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        commit=git_commit(reports_root.resolve()), record_commits=sorted(commits),
+        include_examples=include_examples,
+        excluded=[e["name"] for e in entries if not e["ranked"]])
+    write_text(out / "index.html", html)
+    write_text(out / ".nojekyll", b"")
     return out / "index.html"

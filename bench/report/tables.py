@@ -1,28 +1,27 @@
-"""Records -> flat tables: every field for export, and the columns the report ranks on.
+"""Records -> tables: the report's view, the tidy CSV and the long-format export.
 
-Records grow as the harness learns to measure more, so nothing here assumes
-a key exists: a missing metric becomes NaN (shown as n/a), an unknown one
-still reaches results.csv/json through `flatten_record`.
+All three are driven by `bench.record.METRICS`: a metric added there is a
+column of the view (and of the CSV when its entry says so) and a row of the
+long format, with no change here. A missing value is NaN (shown as n/a).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 import pandas as pd
 
-COST_KEYS = ("baseline_train_s", "method_train_s", "compress_s", "finetune_s")
-# Scalar metrics copied under their own name when present (new ones welcome).
-SCALAR_METRICS = ("top1", "top5", "val_top1", "test_loss", "params", "params_ratio", "macs",
-                  "macs_ratio", "flops", "dense_params", "dense_macs", "macs_fvcore",
-                  "size_bytes", "test_n")
+from bench.record import Record, measured_batches, metric_columns
+
+CONFIG_COLUMNS = ("cell_id", "state", "status", "suite", "model", "dataset", "seed", "method",
+                  "method_name", "kind", "target", "target_metric", "target_ratio")
+CSV_TAIL = ("error_type", "error", "reason", "created", "suite_hash")
 
 
 def flatten_record(record: dict, prefix: str = "", sep: str = ".") -> dict[str, Any]:
-    """Every leaf of a record under a dotted key; lists become JSON text."""
+    """Every leaf of a (record) dict under a dotted key; lists become JSON text."""
     out: dict[str, Any] = {}
     for key, value in record.items():
         name = f"{prefix}{sep}{key}" if prefix else str(key)
@@ -38,78 +37,72 @@ def flatten_record(record: dict, prefix: str = "", sep: str = ".") -> dict[str, 
     return out
 
 
-def flatten_all(records: list[dict]) -> pd.DataFrame:
-    """One row per record, one column per leaf field (union over records)."""
-    rows = [flatten_record(r) for r in records]
-    df = pd.DataFrame(rows)
-    first = [c for c in ("cell_id", "status", "suite", "model", "dataset", "seed", "method",
-                         "method_name", "target_label") if c in df.columns]
-    return df[first + sorted(c for c in df.columns if c not in first)]
-
-
-def _num(v: Any) -> float:
-    if isinstance(v, bool) or v is None:
+def _num(v: Any) -> Any:
+    """Numbers as float, booleans and text kept, anything else NaN."""
+    if v is None:
         return math.nan
+    if isinstance(v, (bool, str)):
+        return v
     try:
         return float(v)
     except (TypeError, ValueError):
         return math.nan
 
 
-def batch_sort_key(key: str) -> tuple[int, str]:
-    m = re.fullmatch(r"b(\d+)", key)
-    return (int(m.group(1)) if m else 10**9, key)
+def config_row(r: Record, kinds: dict[str, str] | None = None) -> dict[str, Any]:
+    state = r.status
+    over = (r.metrics.get("budget") or {}).get("met") is False
+    if state == "ok" and over:
+        state = "over budget"
+    return {
+        "cell_id": r.cell_id, "state": state, "status": r.status, "suite": r.suite,
+        "model": r.model, "dataset": r.dataset, "seed": r.seed, "method": r.method,
+        "method_name": r.method_name, "kind": (kinds or {}).get(r.method_name, ""),
+        "target": r.target_label, "target_metric": r.target_metric,
+        "target_ratio": math.nan if r.target_ratio is None else r.target_ratio,
+        "error_type": r.error.type if r.error else None,
+        "error": r.error.message if r.error else None, "reason": r.reason,
+        "created": r.created, "suite_hash": r.suite_hash,
+    }
 
 
-def flatten(records: list[dict]) -> pd.DataFrame:
-    """The report's view: one row per cell with the columns leaderboards use."""
+def record_view(records: list[Record], kinds: dict[str, str] | None = None,
+                batches: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """One row per record: configuration and state, then every METRICS column."""
+    batches = batches if batches is not None else measured_batches(records)
+    cols = metric_columns(batches)
     rows = []
     for r in records:
-        m = r.get("metrics") or {}
-        lat = m.get("latency") or {}
-        cpu = lat.get("cpu") or {}
-        cuda = lat.get("cuda") or {}
-        budget = m.get("budget") or {}
-        err = r.get("error") or {}
-        target = r.get("target") if isinstance(r.get("target"), dict) else None
-        metric, ratio = (next(iter(target.items())) if target and len(target) == 1
-                         else (None, math.nan))
-        row: dict[str, Any] = {
-            "cell_id": r.get("cell_id"), "status": r.get("status", "unknown"),
-            "model": str(r.get("model", "?")), "dataset": str(r.get("dataset", "?")),
-            "seed": r.get("seed", 0), "method": str(r.get("method", "?")),
-            "method_name": r.get("method_name") or r.get("method"),
-            "target": r.get("target_label") or "dense", "target_metric": metric,
-            "target_ratio": _num(ratio), "created": r.get("created"),
-            "suite_hash": r.get("suite_hash"),
-            "budget_met": budget.get("met"), "budget_over_by": _num(budget.get("over_by")),
-            "error": err.get("message"), "error_type": err.get("type"),
-            "reason": r.get("reason"),
-        }
-        for key in SCALAR_METRICS:
-            row[key] = _num(m.get(key))
-        for key, summary in cpu.items():
-            if isinstance(summary, dict):
-                row[f"cpu_{key}_ms"] = _num(summary.get("median_ms"))
-                row[f"cpu_{key}_p90_ms"] = _num(summary.get("p90_ms"))
-                row[f"cpu_{key}_iqr_ms"] = _num(summary.get("iqr_ms"))
-        for key, summary in cuda.items():
-            if isinstance(summary, dict):
-                row[f"cuda_{key}_ms"] = _num(summary.get("median_ms"))
-        cost = r.get("cost") or {}
-        parts = [_num(cost.get(k)) for k in COST_KEYS]
-        row["cost_s"] = (sum(p for p in parts if not math.isnan(p))
-                         if any(not math.isnan(p) for p in parts) else math.nan)
+        row = config_row(r, kinds)
+        for _, col, path, _ in cols:
+            row[col] = _num(r.get(path))
         rows.append(row)
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
+    df = pd.DataFrame(rows, columns=[*CONFIG_COLUMNS, *CSV_TAIL, *(c[1] for c in cols)])
     return df
 
 
-def latency_batches(df: pd.DataFrame, device: str = "cpu") -> list[str]:
-    """Batch keys (b1, b64, ...) with a measured median on `device`, smallest first."""
-    keys = [c[len(device) + 1:-3] for c in df.columns
-            if c.startswith(f"{device}_") and c.endswith("_ms")
-            and not c.endswith(("_p90_ms", "_iqr_ms")) and df[c].notna().any()]
-    return sorted(keys, key=batch_sort_key)
+def tidy_table(view: pd.DataFrame, batches: dict[str, list[str]]) -> pd.DataFrame:
+    """The CSV a reader loads: one row per cell, the CSV metrics of the table, config first
+    (`state` says ok, over budget, failed or not_applicable; dates live in the records)."""
+    metric_cols = [col for _, col, _, _ in metric_columns(batches, "csv") if col in view]
+    cols = [c for c in CONFIG_COLUMNS if c in view and c != "status"] + metric_cols + \
+        [c for c in CSV_TAIL if c in view and c != "created"]
+    return view[cols]
+
+
+def long_table(records: list[Record], batches: dict[str, list[str]]) -> pd.DataFrame:
+    """(cell_id, metric, value): every table metric by name, then every leaf of metrics,
+    cost and ledger by its dotted path, so nothing a record measured is lost."""
+    rows = []
+    cols = metric_columns(batches)
+    for r in sorted(records, key=lambda r: r.cell_id):
+        for _, col, path, _ in cols:
+            v = r.get(path)
+            if v is not None:
+                rows.append((r.cell_id, col, v))
+        leaves = flatten_record({"metrics": r.metrics, "cost": r.cost.model_dump(),
+                                 "ledger": r.ledger.model_dump() if r.ledger else {}})
+        for key, v in leaves.items():
+            if v is not None:
+                rows.append((r.cell_id, key, v))
+    return pd.DataFrame(rows, columns=["cell_id", "metric", "value"])

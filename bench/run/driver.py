@@ -16,6 +16,7 @@ import torch
 
 from bench.cells import Cell, content_hash, expand
 from bench.executors import Event, Executor, GroupTask, make_executor
+from bench.manifest import write_manifest
 from bench.progress import CellLog, SuiteProgress
 from bench.run.errors import WorkerDiedError
 from bench.run.pipeline import CellPipeline, PendingCell, failed_record
@@ -256,6 +257,7 @@ def run_suite(suite: Suite, results_dir: str | Path, *, device: torch.device | N
     started = time.perf_counter()
     store = ResultStore(results_dir)
     store.clean_stale_temp_files()
+    write_manifest(suite, results_dir)  # what the suite expects, read by the reports
     cells = expand(suite)
     summary = RunSummary(total=len(cells))
     states = {c.id: cell_state(store, c, retry_failed) for c in cells}

@@ -1,0 +1,228 @@
+"""Analysis -> rows of formatted strings for the templates (HTML and Markdown alike).
+
+Leaderboard columns are the METRICS entries marked `leaderboard`, after the
+fixed rank / method / top-1 / interval / delta columns; a column that is
+n/a in every row of a group is dropped. Entries without a result keep their
+row and show their state ("not run", "failed", "not applicable") instead.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from bench.record import Metric, metric_columns
+from bench.report.analysis import missing, tier_title
+from bench.report.stats import Estimate
+
+NA = "n/a"
+GAP = "–"  # no result: shown, never blank
+ERROR_CHARS = 400
+
+
+def md_escape(text: Any) -> str:
+    """Text safe inside a GitHub Markdown table cell: no HTML, no markup, no cell breaks."""
+    s = str(text).replace("\\", "\\\\")
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    s = re.sub(r"([|`*_\[\]#~])", r"\\\1", s)
+    return " ".join(s.split())
+
+
+def fmt(v: Any, spec: str, suffix: str = "") -> str:
+    return NA if missing(v) else format(v, spec) + suffix
+
+
+def one_line(text: Any, limit: int = ERROR_CHARS) -> str:
+    s = " ".join(str(text or "").split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def record_href(cell_id: str) -> str:
+    return f"records/{cell_id}.json"
+
+
+def acc_cells(est: Estimate) -> tuple[str, str]:
+    main = f"{100 * est.mean:.2f}"
+    if est.std is not None:
+        main += f" ± {100 * est.std:.2f}"
+    ci = NA if est.method == "point" else f"{100 * est.lo:.1f}–{100 * est.hi:.1f}"
+    return main, ci
+
+
+def ci_tip(est: Estimate) -> str:
+    return {"bootstrap": "percentile bootstrap of the mean over seeds",
+            "wilson": "Wilson interval over the test set (one seed)",
+            "point": "no interval: one seed, test size unknown"}[est.method]
+
+
+def leaderboard_metrics(a: dict) -> list[tuple[Metric, str, str]]:
+    """(metric, column, batch) shown in a group's leaderboards: per-batch metrics at the
+    smallest and largest CPU batch and the smallest GPU batch."""
+    cpu = a["cpu_b"][:1] + a["cpu_b"][-1:] if len(a["cpu_b"]) > 1 else a["cpu_b"]
+    return [(m, col, b) for m, col, _, b in
+            metric_columns({"cpu": cpu, "cuda": a["cuda_b"][:1]}, "leaderboard")]
+
+
+def metric_cell(m: Metric, col: str, b: str, e: dict) -> tuple[str, str]:
+    """(text, tooltip) of one table-driven cell."""
+    v = e.get(col)
+    text, tip = m.format(v), m.description
+    if missing(v) and e["est"] is None:
+        return GAP, ""
+    if m.name == "macs_ratio" and e["over_budget"]:
+        text += f" ⚠ +{e['over_by']:.3f}"
+    if m.name == "speedup_{b}" and not missing(v):
+        text += "×"
+        lo, hi = e.get(f"speedup_{b}_lo"), e.get(f"speedup_{b}_hi")
+        if e.get(f"speedup_{b}_paired") and not missing(lo) and not missing(hi):
+            text += f" [{lo:.2f}, {hi:.2f}]"
+            tip = "paired rounds against the reference: median and 95% interval"
+            if e["noisy"].get(b):
+                text += " noisy"
+                tip += "; flagged noisy (machine load changed or rounds disagree)"
+        else:
+            tip = "reference p50 / p50 (unpaired)"
+    if m.name == "cpu_{b}_ms" and not missing(v):
+        tip = (f"p90 {Metric.format(m, e.get(f'cpu_{b}_p90_ms'))} ms, IQR "
+               f"{Metric.format(m, e.get(f'cpu_{b}_iqr_ms'))} ms (median over seeds)")
+    if m.name == "total_steps" and e.get("steps_differ"):
+        text += " ⚠"
+        tip = "total training steps differ from most rows of this model × dataset"
+    return text, tip
+
+
+def columns(a: dict) -> list[dict]:
+    cols = [
+        {"label": "rank", "tip": "rank by mean top-1 among models within the budget; "
+                  "'=' marks a tie within noise", "key": "rank"},
+        {"label": "method", "tip": "method label from the suite", "key": "method"},
+        {"label": "top-1 % ↑", "tip": "test top-1, mean ± std over seeds", "key": "top1"},
+        {"label": "95% CI %", "tip": "bootstrap over seeds, or Wilson over the test set",
+         "key": "ci"},
+        {"label": "Δ vs ref pp ↑", "tip": "percentage points against the reference row",
+         "key": "delta"},
+    ]
+    for m, col, b in leaderboard_metrics(a):
+        cols.append({"label": m.heading(b), "tip": m.description, "key": col})
+    cols.append({"label": "records", "tip": "the record JSON of each seed", "key": "records"})
+    return cols
+
+
+def row(e: dict, a: dict, dense: bool = False) -> dict:
+    links = [{"text": f"s{s}", "href": record_href(c)}
+             for s, c in zip(e.get("record_seeds", []), e.get("record_ids", []))]
+    if e["est"] is None:
+        state = e["state"]
+        cells = [state, e["method"], GAP, GAP, GAP]
+        tips = [one_line(e["detail"]), "", "", "", ""]
+    else:
+        acc, ci = acc_cells(e["est"])
+        if len(e["seeds"]) < e["expected_seeds"]:
+            acc += f" (n={len(e['seeds'])} of {e['expected_seeds']})"
+        rank = ("over budget" if e.get("rank") is None
+                else ("=" if e.get("tied") else "") + str(e["rank"]))
+        delta = fmt(None if e["delta"] is None else 100 * e["delta"], "+.2f")
+        cells = ["ref" if dense else rank, e["method"], acc, ci, "0.00" if dense else delta]
+        tips = ["", f"seeds {', '.join(map(str, e['seeds']))}", f"{len(e['seeds'])} seed(s)",
+                ci_tip(e["est"]), ""]
+    for m, col, b in leaderboard_metrics(a):
+        text, tip = metric_cell(m, col, b, e)
+        cells.append(text)
+        tips.append(tip)
+    cells.append("")
+    tips.append("")
+    return {"cells": cells, "tips": tips, "ref": dense, "tied": bool(e.get("tied")),
+            "best": e.get("rank") == 1, "state": e["state"], "links": links,
+            "over_budget": e["over_budget"], "kind": e.get("kind", ""),
+            "budget": tier_title(e["metric"], e["ratio"])}
+
+
+def drop_empty_columns(group: dict) -> None:
+    """Hide columns that are n/a (or gaps) in every row of every tier of a group."""
+    rows = [r for t in group["tiers"] for r in t["rows"]]
+    if group["ref"]:
+        rows.append(group["ref"])
+    keep = [i for i, c in enumerate(group["columns"])
+            if c["key"] in ("rank", "method", "top1", "records")
+            or any(r["cells"][i] not in (NA, GAP, "") for r in rows)]
+    group["columns"] = [group["columns"][i] for i in keep]
+    for r in rows:
+        r["cells"] = [r["cells"][i] for i in keep]
+        r["tips"] = [r["tips"][i] for i in keep]
+
+
+def noise_note(a: dict, seeds: int) -> str:
+    if seeds >= 2:
+        return (f"mean ± std over {seeds} seeds; 95% CI is a percentile bootstrap of the mean "
+                "over seeds; entries whose intervals overlap share a rank (=).")
+    if a["test_n"]:
+        return (f"one seed: the 95% CI is the Wilson interval over the {a['test_n']} test "
+                "samples; entries whose intervals overlap share a rank (=).")
+    return "one seed and unknown test size: no interval, ties only at equal accuracy."
+
+
+def score_rows(a: dict) -> list[dict]:
+    never = "never" if a["dense_acc"] is not None else NA
+
+    def pct(v):
+        return fmt(None if v is None else 100 * v, ".2f")
+
+    out = []
+    for s in a["scores"]:
+        cov = f"{s['points']} of {s['expected']}"
+        if not s["complete"]:
+            out.append({"method": s["method"], "points": cov, "auc_macs": "incomplete",
+                        "auc_latency": "incomplete", "iso_macs": "incomplete",
+                        "iso_latency": "incomplete", "complete": False})
+            continue
+        out.append({"method": s["method"], "points": cov, "complete": True,
+                    "auc_macs": pct(s["auc_macs"]), "auc_latency": pct(s["auc_latency"]),
+                    "iso_macs": fmt(s["iso_macs"], ".3f", "×") if s["iso_macs"] else never,
+                    "iso_latency": fmt(s["iso_latency"], ".3f", "×") if s["iso_latency"]
+                    else never})
+    return out
+
+
+def range_text(r: tuple[float, float] | None) -> str:
+    if r is None:
+        return "none shared by all complete curves (scores n/a)"
+    return f"{r[0]:.3f}× – {r[1]:.3f}× dense"
+
+
+def pivot(a: dict) -> dict:
+    """Method x budget grid: top-1 (achieved MACs ratio), or the entry's state."""
+    auc = {s["method"]: s for s in a["scores"]}
+    methods = [s["method"] for s in a["scores"]]
+    methods += [e["method"] for t in a["tiers"] for e in t["entries"]]
+    rows = []
+    for m in dict.fromkeys(methods):
+        cells = []
+        for t in a["tiers"]:
+            e = next((e for e in t["entries"] if e["method"] == m), None)
+            if e is None:
+                cells.append({"text": GAP, "best": False, "state": "absent"})
+            elif e["est"] is None:
+                cells.append({"text": e["state"], "best": False, "state": e["state"],
+                              "tip": one_line(e["detail"])})
+            else:
+                flag = " ⚠ over budget" if e["over_budget"] else ""
+                text = f"{100 * e['est'].mean:.2f} ({fmt(e.get('macs_ratio'), '.2f')}×){flag}"
+                cells.append({"text": text, "best": e.get("rank") == 1, "state": e["state"],
+                              "tip": ""})
+        s = auc.get(m)
+        score = (NA if s is None else "incomplete" if not s["complete"]
+                 else fmt(None if s["auc_macs"] is None else 100 * s["auc_macs"], ".2f"))
+        kind = next((e.get("kind", "") for t in a["tiers"] for e in t["entries"]
+                     if e["method"] == m), "")
+        rows.append({"method": m, "cells": cells, "auc": score, "kind": kind})
+    return {"tiers": [t["title"] for t in a["tiers"]],
+            "labels": [t["label"] for t in a["tiers"]], "rows": rows}
+
+
+def rank_row(r: dict) -> dict:
+    rate = NA if r["win_rate"] is None else f"{100 * r['win_rate']:.0f}%"
+    return {"method": r["method"], "coverage": f"{r['groups']} of {r['n_groups']}",
+            "complete": r["complete"], "win_rate": rate, "comparisons": str(r["comparisons"]),
+            "wins": str(r["wins"]),
+            **{f"{k}_rank": (fmt(r[f"{k}_rank"], ".2f") if r["complete"] else "incomplete")
+               for k in ("auc_macs", "auc_latency", "iso_macs", "iso_latency")}}

@@ -1,0 +1,61 @@
+"""Where a report's numbers come from: machine, versions, commits and suite hashes.
+
+Each field is summarised over the records, with counts where they disagree;
+a report that mixes several commits, suite hashes or machines says so in a
+warning at the top, since its rows were not measured under one setup.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from bench.record import Record
+
+LABELS = {"git_commit": "git commit", "cpu": "CPU model", "gpu": "GPU", "cpu_count": "CPU cores",
+          "cpu_cores_available": "CPU cores available", "torch_threads": "torch threads",
+          "torch_interop_threads": "torch inter-op threads", "lowrank_bench": "lowrank-bench"}
+FIRST = ("cpu", "gpu", "cpu_count", "cpu_cores_available", "torch_threads", "python", "torch",
+         "timm", "git_commit")
+WATCH = {"git_commit": "commits", "cpu": "CPU models", "gpu": "GPUs", "torch": "torch versions"}
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, dict):
+        v = ", ".join(f"{k} {x}" for k, x in v.items() if x is not None)
+    return "n/a" if v is None or v == "" else str(v)
+
+
+def summary(values: list[Any]) -> str:
+    c = Counter(_text(v) for v in values)
+    if len(c) == 1:
+        return next(iter(c))
+    return "; ".join(f"{v} ({n} cells)" for v, n in c.most_common())
+
+
+def provenance(records: list[Record], suite: str, suite_hash: str, counts: dict
+               ) -> tuple[list[tuple[str, str]], list[str]]:
+    """(rows of the provenance table, warnings) for the records of one report."""
+    rows = [("suite", suite), ("suite hash (manifest)", suite_hash),
+            ("record suite hashes", summary([r.suite_hash for r in records])),
+            ("cells", ", ".join(f"{n} {k}" for k, n in counts.items() if k != "expected")
+             + f" (of {counts['expected']} expected)")]
+    created = sorted(r.created for r in records if r.created)
+    if created:
+        rows.append(("records created", f"{created[0]} to {created[-1]}"))
+    envs = [r.env for r in records]
+    keys = [k for k in FIRST if any(k in e for e in envs)]
+    keys += [k for k in dict.fromkeys(k for e in envs for k in e) if k not in keys]
+    for k in keys:
+        rows.append((LABELS.get(k, k.replace("_", " ")), summary([e.get(k) for e in envs])))
+    warnings = []
+    hashes = {r.suite_hash for r in records if r.suite_hash}
+    if len(hashes) > 1 or (hashes and suite_hash not in hashes):
+        warnings.append(f"records come from {len(hashes)} suite hash(es) "
+                        f"({', '.join(sorted(hashes))}); the suite now hashes to {suite_hash}")
+    for key, what in WATCH.items():
+        vals = {_text(e.get(key)) for e in envs if e.get(key) is not None}
+        if len(vals) > 1:
+            warnings.append(f"records were measured under {len(vals)} {what}: "
+                            f"{', '.join(sorted(vals))}")
+    return rows, warnings
