@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,17 @@ REPORTS_ROOT = Path("reports")
 def _suite(args) -> tuple:
     from bench.suite import load_suite
 
-    return load_suite(args.suite)
+    suite, path = load_suite(args.suite)
+    only = getattr(args, "only", None)
+    if only:
+        from bench.slice import SliceError, slice_suite
+        from bench.suite import SuiteError
+
+        try:
+            suite = slice_suite(suite, only)
+        except SliceError as exc:
+            raise SuiteError(f"{path}: {exc}") from None
+    return suite, path
 
 
 def cmd_validate(args) -> int:
@@ -36,9 +47,24 @@ def cmd_run(args) -> int:
     if args.jobs < 1:
         print("error: --jobs must be at least 1", file=sys.stderr)
         return 2
+    if suite.slice:
+        print(f"slice of suite '{suite.name}': {suite.slice}")
     if args.dry_run:
         print(format_plan(plan_suite(suite, results, args.retry_failed), suite, args.jobs))
+        if not args.no_probe:
+            from bench.estimate import estimate_suite, format_estimate
+
+            est = estimate_suite(suite, results, args.data_root, retry_failed=args.retry_failed)
+            if est.cells or est.missing:
+                print(format_estimate(est, args.jobs))
         return 0
+    from bench.preflight import PreflightError, preflight
+
+    try:
+        preflight(suite, results, args.data_root, retry_failed=args.retry_failed, say=print)
+    except PreflightError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         summary = run_suite(suite, results, data_root=args.data_root,
                             retry_failed=args.retry_failed, executor=args.executor,
@@ -64,10 +90,26 @@ def cmd_run(args) -> int:
                       f"{summary.work_s:.1f}s summed over {summary.jobs} workers and the "
                       f"driver, {summary.seconds:.1f}s wall ({summary.timing_phase_s:.1f}s of "
                       f"it the driver's timing phase); busy per worker: {busy}")
+    from bench.cells import expand
+    from bench.store import ResultStore
+
+    store = ResultStore(results)
+    if summary.stale_locks:
+        print(f"removed {summary.stale_locks} stale lock file(s) of processes that are gone")
+    if summary.environment:
+        print(f"{len(summary.environment)} cell(s) stopped by the environment, not recorded "
+              "(fix it and run the same command again):")
+        for line in summary.environment:
+            print(f"  {line}")
     if summary.failed:
         print(f"{len(summary.failures)} failed cell(s) (rerun only these with --retry-failed):")
         for f in summary.failures:
             print(f"  {f['cell']}: {f['type']}: {f['message']}  [{f['cell_id']}]")
+        return 1
+    missing = [c for c in expand(suite) if store.load(c.id) is None]
+    if missing:
+        print(f"{len(missing)} cell(s) have no record yet (their worker was lost, or another "
+              "run still holds them); run the same command again to compute them")
         return 1
     return 0
 
@@ -156,14 +198,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["serial", "local", "ray"],
                    help="where groups run (default: serial for --jobs 1, else local); ray "
                         "connects to $RAY_ADDRESS or starts a local Ray instance")
+    p.add_argument("--only", metavar="KEY=VALUE,...",
+                   help="run a slice: keys model, dataset, seed, method, target; several values "
+                        "with |, e.g. --only model=resnet18-cifar,seed=0,method=svd|prune-l1")
     p.add_argument("--dry-run", action="store_true",
-                   help="list the cells, which are done, and a time estimate; run nothing")
+                   help="list the cells, which are done, and a time estimate from a short "
+                        "probe of each model on this machine; run nothing")
+    p.add_argument("--no-probe", action="store_true",
+                   help="with --dry-run: only the estimate from earlier records, no probe")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="render a suite's leaderboard from its records")
     suite_arg(p)
     p.add_argument("--results", help="results directory (default results/<suite>)")
     p.add_argument("--out", help="output directory (default reports/<suite>)")
+    p.add_argument("--only", metavar="KEY=VALUE,...",
+                   help="report a slice of the suite (same keys as run --only)")
     p.add_argument("--readme", help="also write the summary between this Markdown file's "
                    "<!-- leaderboard:<suite>:start/end --> markers")
     p.set_defaults(func=cmd_report)
@@ -196,6 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     except SuiteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `lowrank-bench methods | head`: the reader left
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush at exit
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
+    except KeyboardInterrupt:
+        print("interrupted: cells that finished keep their records; a rerun continues with "
+              "the others", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

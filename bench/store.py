@@ -247,6 +247,32 @@ class ResultStore:
                     pass
         return n
 
+    def clean_stale_locks(self) -> int:
+        """Remove lock files whose owner is provably dead (same host, pid gone or reused).
+
+        A run killed with SIGKILL leaves its group locks behind; a later run breaks
+        them only for the groups it needs, so the others would stay forever. Locks of
+        live processes and of other hosts are kept; so is a lock being written now.
+        """
+        n = 0
+        if not self.locks_dir.exists():
+            return 0
+        for path in sorted(self.locks_dir.iterdir()):
+            if ".lock.stale." in path.name:  # left by a breaker that died mid-break
+                pid = path.name.rsplit(".", 1)[-1]
+                if pid.isdigit() and not pid_alive(int(pid)):
+                    path.unlink(missing_ok=True)
+                    n += 1
+                continue
+            if path.suffix != ".lock":
+                continue
+            owner = self.read_lock(path)
+            if not owner or lock_owner_alive(owner):  # gone, being written, or alive
+                continue
+            self._break(path)
+            n += not path.exists()
+        return n
+
     # -- locks -------------------------------------------------------------------
     def lock_path(self, name: str) -> Path:
         return self.locks_dir / f"{name}.lock"

@@ -18,8 +18,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -98,10 +100,43 @@ class TrainBudget(Strict):
     warmup_epochs: int = Field(default=0, ge=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     augment: bool = True
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere")
+    compile: bool = Field(default=False, description="torch.compile the model for training")
+    loop: Literal["auto", "device", "host"] = Field(
+        default="auto", description="auto: the device-resident loop on CUDA, else host batches")
+
+    @model_validator(mode="after")
+    def _loop_can_do_it(self) -> TrainBudget:
+        if self.loop == "host" and (self.precision == "bf16" or self.compile):
+            raise ValueError("loop: host trains in fp32 without compile; precision bf16 and "
+                             "compile need loop: device or auto")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # fields added later are left out at their default, so existing cell ids stay valid
+        out = handler(self)
+        for name, default in _LATER_DEFAULTS.items():
+            if out.get(name, default) == default:
+                out.pop(name, None)
+        return out
+
+
+_LATER_DEFAULTS = {"precision": "auto", "compile": False, "loop": "auto"}
+
+
+def _positive_sizes(sizes: tuple[int, ...]) -> tuple[int, ...]:
+    bad = [b for b in sizes if b < 1]
+    if bad:
+        raise ValueError(f"latency batch sizes must be >= 1; got {bad[0]}")
+    if not sizes:
+        raise ValueError("give at least one latency batch size")
+    return sizes
 
 
 class LatencySpec(Strict):
-    batch_sizes: tuple[int, ...] = (1, 64)
+    batch_sizes: Annotated[tuple[int, ...], AfterValidator(_positive_sizes)] = (1, 64)
     threads: int = Field(default=1, ge=1, description="CPU threads used for timing")
     warmup: int = Field(default=10, ge=0)
     min_runs: int = Field(default=30, ge=1)
@@ -173,10 +208,37 @@ class Suite(Strict):
     finetune: TrainBudget = TrainBudget(epochs=2, lr=1e-4)
     latency: LatencySpec = LatencySpec()
     data_note: str | None = Field(default=None, description="shown in the report header")
+    _slice: str | None = PrivateAttr(default=None)  # set by bench.slice on a sub-suite
+    _full_hash: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _no_duplicate_methods(self) -> Suite:
+        from bench.plugins import get_method
+
+        seen: dict[str, int] = {}
+        for i, spec in enumerate(self.methods):
+            cls = get_method(spec.name)
+            for combo in spec.param_sets():  # compared with defaults filled in, like cell ids
+                full = cls.Params(**combo).model_dump(mode="json")
+                key = json.dumps([spec.name, full], sort_keys=True, default=str)
+                if key in seen:
+                    raise ValueError(
+                        f"methods[{i}]: method '{spec.name}' with params {combo} is already "
+                        f"listed as methods[{seen[key]}]; each (name, params) once (give a "
+                        "grid or different params to compare variants)")
+                seen[key] = i
+        return self
 
     def hash(self) -> str:
+        if self._full_hash is not None:  # a slice keeps the hash of the suite it slices
+            return self._full_hash
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def slice(self) -> str | None:
+        """The ``--only`` filter this suite holds (None: the whole suite)."""
+        return self._slice
 
 
 class SuiteError(ValueError):
@@ -196,19 +258,120 @@ def resolve_suite_path(name_or_path: str | Path) -> Path:
     return candidate
 
 
-def load_suite(name_or_path: str | Path) -> tuple[Suite, Path]:
-    path = resolve_suite_path(name_or_path)
+def read_suite_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw mapping of a suite file, with ``include:`` resolved.
+
+    ``include: other.yaml`` (relative to this file, or a suite name) starts from
+    that suite; this file's keys override its keys, mappings merged key by key
+    (``train: {epochs: 1}`` keeps the other training fields), lists replaced.
+    The name is this file's (its ``name:`` or its file name), never the included one's.
+    """
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise SuiteError(f"{path}: include cycle: {cycle}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SuiteError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise SuiteError(f"{path}: a suite is a mapping with keys {', '.join(Suite.model_fields)}")
+        raise SuiteError(f"{path}: a suite is a mapping with keys "
+                         f"{', '.join(['include', *Suite.model_fields])}")
+    include = raw.pop("include", None)
     raw.setdefault("name", path.stem)
+    if include is None:
+        return raw
+    if not isinstance(include, str):
+        raise SuiteError(f"{path}: include: a suite file or name; got {include!r}")
+    candidate = path.parent / include
     try:
-        return Suite(**raw), path
+        base_path = candidate if candidate.is_file() else resolve_suite_path(include)
+    except SuiteError as exc:
+        raise SuiteError(f"{path}: include: {exc}") from None
+    base = read_suite_file(base_path, (*_chain, path.resolve()))
+    return _merge(base, raw)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_suite(name_or_path: str | Path, *, check_models: bool = True) -> tuple[Suite, Path]:
+    """Read, validate and (``check_models``) build each model once on the meta device."""
+    path = resolve_suite_path(name_or_path)
+    raw = read_suite_file(path)
+    try:
+        suite = Suite(**raw)
     except ValidationError as exc:
         raise SuiteError(format_validation_error(path, exc, raw)) from None
+    if check_models:
+        problems = model_problems(suite)
+        if problems:
+            raise SuiteError("\n".join([f"{path}: invalid suite ({len(problems)} problem(s))",
+                                         *(f"  {p}" for p in problems)]))
+    return suite, path
+
+
+# nominal (channels, image size, classes) per dataset, enough to build a model for checking
+_NOMINAL_SHAPES = {"digits": (1, 8, 10), "fashion-mnist": (1, 28, 10),
+                   "cifar10": (3, 32, 10), "cifar100": (3, 32, 100)}
+
+
+def _nominal_shape(spec: DatasetSpec) -> tuple[int, int, int, bool]:
+    """(in_chans, img_size, classes, exact): exact when the shape does not depend on files."""
+    opts = spec.options
+    if spec.name in _NOMINAL_SHAPES:
+        chans, size, classes = _NOMINAL_SHAPES[spec.name]
+        if spec.name == "cifar100" and opts.get("labels") == "coarse":
+            classes = 20
+        return chans, size, classes, True
+    chans = int(opts.get("channels", 3)) if str(opts.get("channels", 3)).isdigit() else 3
+    size = opts.get("img_size")
+    exact = isinstance(size, int) and size > 0
+    return chans, int(size) if exact else 32, 10, exact
+
+
+def build_on_meta(spec: Any, num_classes: int, in_chans: int, img_size: int) -> Any:
+    """Build a model of ``spec`` (a ModelSpec) without allocating or initialising weights."""
+    import torch
+
+    from bench.models import build_model
+
+    with torch.device("meta"):
+        return build_model(spec.name, num_classes, in_chans, img_size, kwargs=spec.kwargs,
+                           stem=None if spec.stem == "default" else spec.stem)
+
+
+def model_problems(suite: Suite) -> list[str]:
+    """Build each model once per dataset shape on the meta device (no memory, no init).
+
+    A kwarg the model's constructor rejects is reported as ``models[i].kwargs``
+    with the value; with a dataset whose image size comes from its files, only
+    rejected arguments are reported (other errors could be the stand-in size's).
+    """
+    problems = []
+    for i, model in enumerate(suite.models):
+        for spec in suite.datasets:
+            chans, size, classes, exact = _nominal_shape(spec)
+            try:
+                build_on_meta(model, classes, chans, size)
+            except Exception as exc:
+                if not exact and not isinstance(exc, TypeError):
+                    continue
+                field = ("stem" if "stem" in str(exc) else
+                         "kwargs" if isinstance(exc, TypeError) or model.kwargs else "name")
+                shown = {"stem": model.stem, "kwargs": model.kwargs}.get(field, model.name)
+                problems.append(
+                    f"models[{i}].{field}: '{model.name}' cannot be built with these arguments "
+                    f"for dataset '{spec.display}' ({chans}x{size}x{size}, {classes} classes): "
+                    f"{type(exc).__name__}: {exc} (got {shown!r})")
+                break
+    return problems
 
 
 def format_validation_error(path: Path, exc: ValidationError, raw: dict) -> str:
@@ -224,7 +387,7 @@ def format_validation_error(path: Path, exc: ValidationError, raw: dict) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         value = err.get("input")
         shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
-        lines.append(f"  {where}: {msg}{shown}")
+        lines.append(f"  {where}: {msg}{shown}" if loc else f"  {msg}")
     return "\n".join(lines)
 
 

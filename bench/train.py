@@ -7,6 +7,7 @@ and react to steps and epochs through their hooks.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.data.base import DataBundle
+from bench.fasttrain import LoopKit, evaluate_device, train_device, use_device_loop
 from bench.method import Method, MethodContext
 
 
@@ -54,6 +56,9 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float,
     raise ValueError(f"Unknown optimizer '{name}'. Allowed: sgd, adamw, adam")
 
 
+LOOP_KIT = LoopKit(TrainStats, make_optimizer, NonFiniteLossError)  # for the device loop
+
+
 def train(
     model: nn.Module,
     data: DataBundle,
@@ -74,12 +79,19 @@ def train(
     phase: str = "train",
     progress=None,
     steps: int | None = None,
+    precision: str = "auto",
+    compile: bool = False,
+    loop: str = "auto",
 ) -> TrainStats:
     """Train in place. ``method``/``ctx`` supply the hooks; ``progress(dict)`` gets epoch stats.
 
     ``steps`` (optional) runs exactly that many optimizer steps instead of
     ``epochs`` full epochs (the last epoch stops part-way); the schedule then
     spans those steps. The returned stats count every optimizer step taken.
+
+    On CUDA (or with ``loop="device"``, bf16 or compile) this is
+    :func:`bench.fasttrain.train_device`: the same mathematics with the data,
+    augmentation and statistics on the device.
     """
     steps_per_epoch = math.ceil(len(data.train) / batch_size)
     total = epochs * steps_per_epoch if steps is None else max(0, int(steps))
@@ -88,8 +100,18 @@ def train(
         "warmup_epochs": warmup_epochs})
     if total <= 0:
         return stats
-    epochs = math.ceil(total / steps_per_epoch)
     device = next(model.parameters()).device
+    if use_device_loop(device, loop, precision, compile):
+        return train_device(
+            model, data, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+            weight_decay=weight_decay, momentum=momentum, schedule=schedule,
+            warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment,
+            seed=seed, method=method, ctx=ctx, phase=phase, progress=progress, steps=total,
+            precision=precision, compile=compile,
+            kit=dataclasses.replace(LOOP_KIT, stats=lambda: stats))
+    if precision == "bf16" or compile:
+        raise ValueError("precision bf16 and compile need the device loop (loop: device or auto)")
+    epochs = math.ceil(total / steps_per_epoch)
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, momentum)
     warmup = round(warmup_epochs * steps_per_epoch)
 
@@ -156,8 +178,10 @@ def train(
 def evaluate(model: nn.Module, data: DataBundle, split: str = "test",
              batch_size: int = 512) -> dict[str, float]:
     """Top-1 (and top-5 when there are more than 5 classes) accuracy and mean loss."""
-    model.eval()
     device = next(model.parameters()).device
+    if device.type == "cuda":
+        return evaluate_device(model, data, split, batch_size)
+    model.eval()
     n, correct1, correct5, loss_sum = 0, 0, 0, 0.0
     for x, y in data.batches(split, batch_size):
         x, y = x.to(device), y.to(device)

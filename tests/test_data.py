@@ -364,3 +364,52 @@ def test_cifar_suite_runs_one_cell_on_a_tiny_archive(tmp_path, capsys, one_threa
     assert info["split_seed"] == 0 and info["augment"] == "cifar (pad 4)"
     assert rec["metrics"]["macs_ratio"] <= 0.5 + 1e-9
     assert 0.0 <= rec["metrics"]["top1"] <= 1.0
+
+
+def test_two_workers_on_a_fresh_root_decode_the_image_folder_once(tmp_path, monkeypatch):
+    """--jobs 2 on a fresh data root: one decodes, the other waits and reads its cache."""
+    import threading
+    import time
+
+    from bench.data import imagefolder as ifm
+
+    write_imagefolder(tmp_path / "pets", {"train": 6, "test": 2})
+    decoded: list[str] = []
+    real = ifm._decode_split
+
+    def slow_decode(split_dir, *args, **kwargs):
+        decoded.append(split_dir.name)
+        time.sleep(0.3)  # both workers are inside load_dataset at once
+        return real(split_dir, *args, **kwargs)
+
+    monkeypatch.setattr(ifm, "_decode_split", slow_decode)
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(load_dataset("imagefolder", {"path": "pets"}, tmp_path))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 2
+    assert sorted(decoded) == ["test", "train"]  # each split decoded once, by one worker
+    assert torch.equal(results[0].train.x, results[1].train.x)
+    cache = Path(results[0].info["cache"])
+    assert cache.is_file()
+    assert not [p for p in cache.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_unreadable_image_cache_is_decoded_again(tmp_path):
+    write_imagefolder(tmp_path / "pets", {"train": 3, "test": 1})
+    opts = {"path": "pets", "val_fraction": 0.34}
+    first = load_dataset("imagefolder", opts, tmp_path)
+    cache = Path(first.info["cache"])
+    cache.write_bytes(b"truncated")
+    again = load_dataset("imagefolder", opts, tmp_path)
+    assert torch.equal(first.train.x, again.train.x)
+    assert torch.load(cache, weights_only=True)["train_x"].shape[0] == 9

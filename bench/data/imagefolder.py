@@ -10,10 +10,12 @@ an edited folder is decoded again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import torch
 from bench.data.base import DataBundle
 from bench.data.images import make_bundle, parse_options
 from bench.data.registry import DatasetMissingError, register_dataset
+from bench.store import atomic_torch_save
 
 log = logging.getLogger("lowrank_bench")
 
@@ -87,6 +90,60 @@ def _decode_split(split_dir: Path, listing: list[tuple[str, str, int, int]],
     return x, y
 
 
+def _read_cache(cache_file: Path) -> dict[str, torch.Tensor] | None:
+    try:
+        return torch.load(cache_file, weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # truncated or from another torch: decode again
+        log.warning("ignoring unreadable image cache %s: %s", cache_file, exc)
+        return None
+
+
+@contextlib.contextmanager
+def _cache_lock(cache_file: Path) -> Iterator[None]:
+    """An exclusive lock beside the cache file, so one process decodes and others wait.
+
+    Without a lock file (a read-only data root, no ``fcntl``) everyone decodes;
+    the unique temporary names below still keep the writers apart.
+    """
+    try:
+        import fcntl
+
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(cache_file.with_name(cache_file.name + ".lock"), "a")  # noqa: SIM115
+    except (ImportError, OSError):
+        yield
+        return
+    with fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def load_or_decode(cache_file: Path,
+                   decode: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The cached tensors, else decode once (under the lock) and write the cache.
+
+    Several workers starting on a fresh data root at once: the first decodes,
+    the others wait on the lock and then read its cache. The cache is written to
+    a unique temporary name and renamed over the final one, so a concurrent
+    reader sees the old state or the whole file.
+    """
+    tensors = _read_cache(cache_file)
+    if tensors is not None:
+        return tensors
+    with _cache_lock(cache_file):
+        tensors = _read_cache(cache_file)  # decoded by another worker while we waited
+        if tensors is not None:
+            return tensors
+        tensors = decode()
+        try:
+            atomic_torch_save(cache_file, tensors)
+        except OSError as exc:  # a read-only data root: work without the cache
+            log.warning("could not write the image cache %s: %s", cache_file, exc)
+    return tensors
+
+
 def resolve_path(options: dict[str, Any], root: Path) -> Path:
     if not options.get("path"):
         raise ValueError("dataset 'imagefolder' needs options.path: a folder with train/ and "
@@ -128,25 +185,18 @@ def load_imagefolder(options: dict[str, Any], root: Path) -> DataBundle:
          "channels": channels, "img_size": img_size}).encode()).hexdigest()[:16]
     cache_file = root / ".cache" / "imagefolder" / f"{base.name}-{key}.pt"
     use_cache = bool(options.get("cache", True))
-    tensors = None
-    if use_cache and cache_file.is_file():
-        tensors = torch.load(cache_file, weights_only=True)
-    if tensors is None:
+
+    def decode() -> dict[str, torch.Tensor]:
         log.info("decoding %s images under %s (cached afterwards)",
                  sum(len(v) for v in listings.values()), base)
-        tensors = {}
+        out, size = {}, img_size
         for s in splits:
-            x, y = _decode_split(base / names[s], listings[s], class_index, channels, img_size)
-            tensors[f"{s}_x"], tensors[f"{s}_y"] = x, y
-            img_size = int(x.shape[-1]) if img_size is None else img_size
-        if use_cache:
-            try:
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache_file.with_suffix(".tmp")
-                torch.save(tensors, tmp)
-                os.replace(tmp, cache_file)
-            except OSError as exc:  # a read-only data root: work without the cache
-                log.warning("could not write the image cache %s: %s", cache_file, exc)
+            x, y = _decode_split(base / names[s], listings[s], class_index, channels, size)
+            out[f"{s}_x"], out[f"{s}_y"] = x, y
+            size = int(x.shape[-1]) if size is None else size
+        return out
+
+    tensors = load_or_decode(cache_file, decode) if use_cache else decode()
     val = (tensors["val_x"], tensors["val_y"]) if "val_x" in tensors else None
     return make_bundle(
         base.name, tensors["train_x"], tensors["train_y"],

@@ -78,8 +78,12 @@ def make_augment(kind: str, pad: int) -> Augment | None:
     if kind == "none":
         return None
     if kind == "flip":
-        return _flip_only
-    return random_crop_flip(padding=pad, flip=kind == "cifar")
+        fn, pad = _flip_only, 0
+    else:
+        fn = random_crop_flip(padding=pad, flip=kind == "cifar")
+    # what bench.fasttrain needs to do the same draws on the device, in batch
+    fn.pad, fn.flip = pad, kind in ("flip", "cifar")  # type: ignore[attr-defined]
+    return fn
 
 
 def _flip_only(x: Tensor, g: torch.Generator) -> Tensor:

@@ -4,13 +4,23 @@ Connects to ``RAY_ADDRESS`` when it is set (a running cluster), otherwise
 starts a Ray instance on this machine and stops it afterwards. Ray is an
 optional extra: ``pip install 'lowrank-bench[ray]'``.
 
-Each task runs one group and asks Ray for ``threads`` CPUs (and one GPU when
-the cluster has GPUs), so Ray's scheduler keeps nodes from being
-oversubscribed. Workers write records and checkpoints into the results
+Placement: on a cluster with GPUs each task asks for one GPU (``num_gpus=1``)
+and trains on it (Ray sets ``CUDA_VISIBLE_DEVICES``), so one training runs per
+GPU and, without ``--jobs``, as many groups run at once as the cluster has
+GPUs; each task also gets ``CPUs // jobs`` CPUs (its torch threads). Without
+GPUs each task asks for ``CPUs // jobs`` CPUs and trains on the CPU. Ray's
+scheduler keeps nodes from being oversubscribed.
+
+Workers write records, checkpoints and pending models into the results
 directory when they can reach it (a shared disk) and also send records and
 pending models back, so the driver holds every result even without a shared
 disk. Latency is timed on the driver after all tasks finish
 (``defers_timing``): every cell is timed on the same machine, alone.
+
+A task lost with its worker or node (killed, out of memory, the node gone) is
+the machine's failure, not the method's: its cells get no record, what the
+worker finished before it died stays on disk, and the next run computes the
+rest. The driver says which groups were lost.
 """
 
 from __future__ import annotations
@@ -51,6 +61,19 @@ def _run_group(task: GroupTask) -> list[Event]:
     return out
 
 
+def lost_task(exc: BaseException) -> bool:
+    """True when Ray lost the task with its worker or node (not an error of the code run)."""
+    import ray.exceptions as rex
+
+    if isinstance(exc, rex.RayTaskError):  # the function itself raised
+        return False
+    lost = tuple(getattr(rex, name) for name in (
+        "WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
+        "LocalRayletDiedError", "RaySystemError", "OutOfMemoryError", "TaskCancelledError")
+        if hasattr(rex, name))
+    return isinstance(exc, lost)
+
+
 class RayExecutor(Executor):
     name = "ray"
     defers_timing = True
@@ -70,6 +93,20 @@ class RayExecutor(Executor):
         where = self.address or "a local Ray instance"
         return f"ray on {where}, up to {self.jobs} groups at once x {self.threads} threads"
 
+    def _events(self, ray, ref, task: GroupTask) -> list[Event]:
+        try:
+            return ray.get(ref)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if lost_task(exc):  # the machine's failure: no record, the next run redoes it
+                return [Event("message", task.index, text=(
+                    f"  {task.label}: Ray lost this group's worker ({why}); its unfinished "
+                    "cells get no record and run again next time")),
+                        Event("group_done", task.index)]
+            events = [Event("worker_died", task.index, cell_id=c.id,
+                            text=f"ray task failed: {why}") for c in task.cells]
+            return [*events, Event("group_done", task.index)]
+
     def run(self, tasks: Iterable[GroupTask], handle: Handler) -> None:
         try:
             import ray
@@ -85,9 +122,10 @@ class RayExecutor(Executor):
         try:
             resources = ray.cluster_resources()
             cpus = int(resources.get("CPU", 1))
-            self.jobs = self.requested_jobs or max(1, cpus)
+            n_gpus = int(resources.get("GPU", 0))
+            self.jobs = self.requested_jobs or max(1, n_gpus or cpus)
             self._threads = threads_per_worker(self.jobs, cpus)
-            gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+            gpus = 1 if n_gpus >= 1 else 0
             remote = ray.remote(num_cpus=self._threads, num_gpus=gpus, max_retries=0)(_run_group)
             inflight: dict = {}
             source = iter(tasks)
@@ -99,20 +137,14 @@ class RayExecutor(Executor):
                         exhausted = True
                         break
                     task.threads = self._threads
+                    task.device = "cuda" if gpus else "cpu"  # the worker's, not the driver's
                     inflight[remote.remote(task)] = task
                 if not inflight:
                     break
                 ready, _ = ray.wait(list(inflight), num_returns=1)
                 for ref in ready:
                     task = inflight.pop(ref)
-                    try:
-                        events = ray.get(ref)
-                    except Exception as exc:  # the task or its worker died
-                        events = [Event("worker_died", task.index, cell_id=c.id,
-                                        text=f"ray task failed: {type(exc).__name__}: {exc}")
-                                  for c in task.cells]
-                        events.append(Event("group_done", task.index))
-                    for ev in events:
+                    for ev in self._events(ray, ref, task):
                         handle(ev)
         finally:
             if started_here:

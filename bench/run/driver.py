@@ -42,6 +42,8 @@ class RunSummary:
     jobs: int = 1
     timing_phase_s: float = 0.0  # wall seconds of the driver's timing phase(s)
     busy_s: dict[int, float] = field(default_factory=dict)  # work seconds per worker pid
+    environment: list[str] = field(default_factory=list)  # cells stopped by the machine
+    stale_locks: int = 0  # lock files of dead processes removed at the end
 
     @property
     def computed(self) -> int:
@@ -129,6 +131,11 @@ class Driver:
             self.timing.append(cell)
             self.write(f"{self._tick(cell)} {cell.describe()}: top1 "
                        f"{ev.extra.get('top1', float('nan')):.4f} (timed after training)")
+        elif ev.kind == "environment":  # no record: the next run computes the cell
+            cell = self.cells[ev.cell_id]
+            self.summary.environment.append(f"{cell.describe()}: {ev.text}")
+            self.write(f"  {cell.describe()}: stopped by the environment, not recorded: "
+                       f"{ev.text}")
         elif ev.kind == "worker_died":
             cell = self.cells[ev.cell_id]
             if self.store.load(cell.id) is None:
@@ -207,7 +214,8 @@ class Driver:
                 if key not in pipelines:
                     stages = GroupStages(self.store, load_cell_dataset(cell, self.data_root),
                                          self.device, self.write)
-                    pipelines[key] = CellPipeline(stages, self.suite.name, self.suite_hash)
+                    pipelines[key] = CellPipeline(stages, self.suite.name, self.suite_hash,
+                                                  slice=self.suite.slice)
                 pipeline = pipelines[key]
                 work0 = pipeline.total_work_s
                 record = pipeline.finish_cell(PendingCell.from_payload(cell, payload))
@@ -292,6 +300,7 @@ def run_suite(suite: Suite, results_dir: str | Path, *, device: torch.device | N
         finally:
             driver.release()
             restore_threads()
+            summary.stale_locks = store.clean_stale_locks()
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -76,6 +76,18 @@ def failed_record(cell: Cell, exc: BaseException, *, suite_name: str, suite_hash
                        error={"type": type(exc).__name__, "message": str(exc), "traceback": tb})
 
 
+def training_precision(cell: Cell, device: Any) -> dict[str, str]:
+    """How the cell's models were trained here: loop and precision per phase (for the record)."""
+    from bench.fasttrain import resolve_precision, use_device_loop
+
+    out = {}
+    for phase, b in (("train", cell.train), ("finetune", cell.finetune)):
+        device_loop = use_device_loop(device, b.loop, b.precision, b.compile)
+        out[phase] = resolve_precision(b.precision, device) if device_loop else "fp32"
+        out[f"{phase}_loop"] = "device" if device_loop else "host"
+    return out
+
+
 def not_applicable_reason(exc: BaseException) -> str | None:
     """The reason when ``exc`` is (or was caused by) a method's NotApplicableError, else None.
 
@@ -114,8 +126,10 @@ def error_record(cell: Cell, exc: BaseException, *, suite_name: str, suite_hash:
 class CellPipeline:
     """Runs the cells of one group on top of its shared stages."""
 
-    def __init__(self, stages: GroupStages, suite_name: str, suite_hash: str):
+    def __init__(self, stages: GroupStages, suite_name: str, suite_hash: str,
+                 slice: str | None = None):
         self.stages, self.suite_name, self.suite_hash = stages, suite_name, suite_hash
+        self.slice = slice  # the --only filter of the run, stored in each record
         self.work_s = 0.0  # compression, fine-tuning, evaluation and measurement seconds
 
     @property
@@ -185,7 +199,8 @@ class CellPipeline:
         self.work_s += cost["compress_s"] + ft_seconds + cost["eval_s"]
         cost["cell_s"] = time.perf_counter() - started
         evals = {"top1": test["top1"], "top5": test.get("top5"), "test_loss": test["loss"],
-                 "val_top1": val["top1"], "test_n": len(st.data.test)}
+                 "val_top1": val["top1"], "test_n": len(st.data.test),
+                 "precision": training_precision(cell, st.device)}
         return PendingCell(cell, model, dense_cost, cost, evals, dict(ctx.info), ledger)
 
     def finish_cell(self, pending: PendingCell) -> dict:
@@ -196,10 +211,13 @@ class CellPipeline:
         cost = dict(pending.cost)
         cost["measure_s"] = time.perf_counter() - t0
         self.work_s += cost["measure_s"]
-        metrics.update(pending.evals)
+        evals = dict(pending.evals)
+        precision = evals.pop("precision", None)  # where it was trained, not timed
+        metrics.update(evals)
         cost["cell_s"] = cost.get("cell_s", 0.0) + cost["measure_s"]
+        extra = {"precision": precision} if precision else {}
         return self.record(pending.cell, "ok", metrics=metrics, cost=cost,
-                           method_info=pending.info, ledger=pending.ledger)
+                           method_info=pending.info, ledger=pending.ledger, **extra)
 
     def measure(self, model: nn.Module, cell: Cell, dense_cost: Cost) -> dict[str, Any]:
         """All figures of the deployable model: see bench.measure.measure_deployable.
@@ -214,6 +232,8 @@ class CellPipeline:
                                   cell.target_obj, reference=reference)
 
     def record(self, cell: Cell, status: str, **extra: Any) -> dict:
+        if self.slice:
+            extra["slice"] = self.slice
         return make_record(cell, status, suite_name=self.suite_name, suite_hash=self.suite_hash,
                            data_info=self.data.info, **extra)
 

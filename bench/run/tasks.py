@@ -41,7 +41,8 @@ class Event:
 
     kind: "message" (text), "start" (a cell began), "done" / "failed" (a record
     was written; ``record`` holds it), "pending" (trained and evaluated, waiting
-    for the timing phase; ``payload`` holds it when the task asked), "group_done".
+    for the timing phase; ``payload`` holds it when the task asked), "environment"
+    (the machine stopped the cell: missing data, a full disk; no record), "group_done".
     """
 
     kind: str

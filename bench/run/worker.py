@@ -15,6 +15,7 @@ import torch
 
 from bench.cells import Cell
 from bench.data import DataBundle, load_dataset
+from bench.preflight import is_environment_error
 from bench.progress import CellLog
 from bench.run.errors import StageFailedError, TimingHandoffError
 from bench.run.pipeline import CellPipeline, error_record
@@ -43,7 +44,8 @@ def make_pipeline(task: GroupTask, store: ResultStore, data: DataBundle,
     device = torch.device(task.device) if task.device else default_device()
     stages = GroupStages(store, data, device, say)
     stages.epoch_bars = task.epoch_bars
-    return CellPipeline(stages, task.suite.name, task.suite_hash)
+    return CellPipeline(stages, task.suite.name, task.suite_hash,
+                        slice=getattr(task.suite, "slice", None))
 
 
 def _handoff(store: ResultStore, task: GroupTask, cell: Cell, pending: Any) -> Event:
@@ -104,6 +106,12 @@ def execute_group(task: GroupTask, emit: Callable[[Event], None]) -> None:
                     ev = Event("done", task.index, cell_id=cell.id, record=record)
                 del pending
             except Exception as exc:  # recorded, and the group goes on
+                if is_environment_error(exc):  # the machine's failure: no record, stop here
+                    clog.write(f"== environment: {type(exc).__name__}: {exc}")
+                    sink.clear()
+                    emit(Event("environment", task.index, cell_id=cell.id,
+                               text=f"{type(exc).__name__}: {exc}"))
+                    break
                 record = error_record(cell, exc, suite_name=task.suite.name,
                                       suite_hash=task.suite_hash,
                                       data_info=data.info if data is not None else None)

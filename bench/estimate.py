@@ -1,0 +1,262 @@
+"""How long a suite will take here, from a short measured probe (``run --dry-run``).
+
+For each distinct (model, dataset) of the cells still to run, the probe builds
+the model on this machine's device and times, with the harness's own code:
+
+- a few training steps of the real loop (:func:`bench.train.train`, so the
+  device loop, bf16 and channels_last on CUDA) at the training and the
+  fine-tuning batch size (8 steps, after 3 warm-up steps);
+- evaluation of 512 images;
+- measurement of the dense model with a cut-down latency block (two timed
+  runs), extrapolated to the suite's ``min_runs``/``min_seconds``/``warmup``
+  and to the paired timing against the dense reference (rounds x calls, both
+  models).
+
+The estimate adds up, per cell: every training without a checkpoint (dense
+baselines; "train" methods once per parameter set) as epochs x steps per epoch
+x seconds per step; fine-tuning likewise; evaluation of the val and test
+splits; measurement; and compression: the mean of earlier records of the same
+method and model where there are some, else the training a method is known to
+do inside ``compress`` (dense-small trains its narrow model for the training
+epochs), else nothing. Every row is fine-tuned for the fine-tune budget (a
+regularization phase such as funnel's is part of it). A compressed model is
+priced as the dense one (an upper bound for fine-tuning).
+Work on the device is GPU time when the device is CUDA; latency timing on the
+CPU is CPU time.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.data.base import DataBundle, Split
+
+WARMUP_STEPS, PROBE_STEPS, EVAL_IMAGES = 3, 8, 512
+
+
+@dataclass
+class ModelProbe:
+    """Seconds measured for one (model, dataset) on this machine."""
+
+    step_s: dict[int, float]  # batch size -> seconds per training step
+    eval_s_per_image: float
+    measure_s: float  # one cell's measurement, extrapolated to the suite's latency block
+    measure_cuda_s: float
+    train_size: int
+    eval_size: int
+
+
+@dataclass
+class Estimate:
+    """Seconds of work still to do, split by where it runs, per model and per method."""
+
+    device: str
+    cells: int = 0
+    device_s: float = 0.0  # training, fine-tuning, compression, evaluation (and CUDA timing)
+    cpu_s: float = 0.0  # CPU latency timing
+    per_model: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    per_method: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    missing: list[str] = field(default_factory=list)  # why some cells have no estimate
+    trainings: int = 0
+    probe_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        """Serial wall-clock seconds: one process does all of it."""
+        return self.device_s + self.cpu_s
+
+    def add(self, model: str, method: str, device_s: float, cpu_s: float = 0.0) -> None:
+        self.device_s += device_s
+        self.cpu_s += cpu_s
+        for table, key in ((self.per_model, model), (self.per_method, method)):
+            table[key][0] += device_s
+            table[key][1] += cpu_s
+
+
+def _subset(data: DataBundle, n: int) -> DataBundle:
+    n = max(1, min(n, len(data.train)))
+    small = Split(data.train.x[:n], data.train.y[:n])
+    return dataclasses.replace(data, train=small, info=dict(data.info))
+
+
+def _step_seconds(model: torch.nn.Module, data: DataBundle, budget: Any) -> float:
+    """Seconds per step of the real training loop at ``budget``'s batch size."""
+    from bench.train import train
+
+    kw = budget.model_dump()
+    bs = budget.batch_size
+    kw.update(epochs=1, warmup_epochs=0)
+    train(model, _subset(data, WARMUP_STEPS * bs), **kw)
+    stats = train(model, _subset(data, PROBE_STEPS * bs), **kw)
+    return stats.seconds / max(1, stats.steps)
+
+
+def probe(cell: Any, data: DataBundle, device: torch.device) -> ModelProbe:
+    """Time training steps, evaluation and measurement of ``cell``'s dense model here."""
+    from bench.measure import measure_cost, measure_deployable
+    from bench.models import build_model
+    from bench.train import evaluate
+
+    m = cell.model
+
+    def fresh() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build_model(m.name, data.num_classes, data.in_chans, data.img_size,
+                           kwargs=m.kwargs, stem=None if m.stem == "default" else m.stem
+                           ).to(device)
+
+    model = fresh()
+    step_s = {}
+    for budget in (cell.train, cell.finetune):
+        if budget.batch_size not in step_s and budget.epochs > 0:
+            step_s[budget.batch_size] = _step_seconds(copy.deepcopy(model), data, budget)
+    n_eval = min(EVAL_IMAGES, len(data.test))
+    small_test = dataclasses.replace(data, test=Split(data.test.x[:n_eval], data.test.y[:n_eval]))
+    evaluate(model, small_test, "test")
+    t0 = time.perf_counter()
+    evaluate(model, small_test, "test")
+    eval_s = (time.perf_counter() - t0) / max(1, n_eval)
+    measure_s, cuda_s = _measure_seconds(model, data, cell.latency, measure_cost,
+                                         measure_deployable)
+    return ModelProbe(step_s, eval_s, measure_s, cuda_s, len(data.train),
+                      len(data.val) + len(data.test))
+
+
+def _measure_seconds(model, data, latency, measure_cost, measure_deployable) -> tuple[float, float]:
+    """One cell's measurement: a cut-down run, then the timed loops scaled to the suite's."""
+    from bench.measure.paired import DEFAULT_CALLS, DEFAULT_ROUNDS
+
+    rounds = getattr(latency, "paired_rounds", DEFAULT_ROUNDS)
+    calls = getattr(latency, "paired_calls", DEFAULT_CALLS)
+    quick = latency.model_copy(update={"warmup": 1, "min_runs": 2, "min_seconds": 0.0})
+    dense = measure_cost(model, data.input_shape)
+    t0 = time.perf_counter()
+    metrics = measure_deployable(model, data.input_shape, quick, dense, None)
+    base = time.perf_counter() - t0
+    extra = {"cpu": 0.0, "cuda": 0.0}
+    for dev in extra:
+        for summary in ((metrics.get("latency") or {}).get(dev) or {}).values():
+            if not isinstance(summary, dict) or "median_ms" not in summary:
+                continue
+            one = float(summary["median_ms"]) / 1000.0
+            runs = max(latency.min_runs, math.ceil(latency.min_seconds / max(one, 1e-9)))
+            runs = min(runs, latency.max_runs)
+            # plus the paired timing against the dense reference: rounds x calls, both sides
+            paired = 2 * (rounds * calls + latency.warmup)
+            extra[dev] += (latency.warmup + runs + paired) * one
+    return base + extra["cpu"], extra["cuda"]
+
+
+def _train_s(p: ModelProbe, budget: Any, epochs: float) -> float:
+    steps = math.ceil(p.train_size / budget.batch_size)
+    return epochs * steps * p.step_s.get(budget.batch_size, 0.0)
+
+
+def _compress_training_epochs(cell: Any) -> float:
+    """Epochs of training a method does inside ``compress`` (known methods), else 0."""
+    ratio = next(iter((cell.target or {}).values()), 1.0)
+    if cell.method == "dense-small":  # a narrow model trained from scratch per target
+        return cell.train.epochs * max(ratio, 0.3)
+    return 0.0
+
+
+def estimate_suite(suite: Any, results_dir: str | Path, data_root: str | None = None, *,
+                   device: torch.device | None = None,
+                   retry_failed: bool = False) -> Estimate:
+    """Probe each distinct model of the cells still to run and add up their work."""
+    from bench.cells import expand
+    from bench.data import load_dataset
+    from bench.plugins import get_method
+    from bench.store import ResultStore
+
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    store = ResultStore(results_dir)
+    est = Estimate(device=device.type)
+    started = time.perf_counter()
+    cells = [c for c in expand(suite) if not store.is_done(c.id, retry_failed)]
+    records = [r for r in store.records() if r.get("status") == "ok"]
+    bundles: dict[str, DataBundle | None] = {}
+    probes: dict[tuple[str, str], ModelProbe] = {}
+    trained: set[str] = set()
+    for c in cells:
+        dkey = c.dataset.model_dump_json()
+        if dkey not in bundles:
+            try:
+                bundles[dkey] = load_dataset(c.dataset.name, c.dataset.options, data_root)
+            except Exception as exc:
+                bundles[dkey] = None
+                est.missing.append(f"dataset '{c.dataset.display}': {type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0]}")
+        data = bundles[dkey]
+        if data is None:
+            continue
+        pkey = (c.model.model_dump_json(), dkey)
+        if pkey not in probes:
+            probes[pkey] = probe(c, data, device)
+        p = probes[pkey]
+        est.cells += 1
+        label, method = c.model.display, c.method_label
+        if store.has_pending(c.id):
+            est.add(label, method, p.measure_cuda_s, p.measure_s)
+            continue
+
+        kind = get_method(c.method).kind
+        key = c.training_key() if kind == "train" else c.baseline_key()
+        if key not in trained and not store.has_checkpoint(key):
+            trained.add(key)
+            est.trainings += 1
+            owner = method if kind == "train" else "(dense baselines)"
+            est.add(label, owner, _train_s(p, c.train, c.train.epochs))
+        same = [r for r in records if r.get("model") == label and r.get("method_name") == c.method
+                and r.get("dataset") == c.dataset.display]
+        if same:
+            compress = sum(float(r["cost"].get("compress_s", 0.0)) for r in same) / len(same)
+        else:
+            compress = _train_s(p, c.train, _compress_training_epochs(c))
+        finetune = _train_s(p, c.finetune, c.finetune.epochs)  # every row, dense included
+        evaluation = p.eval_size * p.eval_s_per_image
+        est.add(label, method, compress + finetune + evaluation + p.measure_cuda_s, p.measure_s)
+    est.probe_s = time.perf_counter() - started
+    return est
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
+
+
+def format_estimate(est: Estimate, jobs: int = 1) -> str:
+    """The dry run's lines: totals, then per model and per method."""
+    gpu = est.device == "cuda"
+    dev_name = "GPU" if gpu else "CPU"
+    lines = [f"estimate from a probe on this machine's {est.device} ({est.probe_s:.0f} s: a few "
+             f"training steps, an evaluation and a measurement of each model), for "
+             f"{est.cells} cell(s) and {est.trainings} training(s) from scratch:"]
+    if gpu:
+        lines.append(f"  GPU-hours {est.device_s / 3600:.2f}, CPU-hours {est.cpu_s / 3600:.2f} "
+                     "(latency timing); serial wall time about "
+                     f"{_hours(est.total_s)}")
+    else:
+        lines.append(f"  CPU-hours {est.total_s / 3600:.2f} (serial wall time about "
+                     f"{_hours(est.total_s)}); GPU-hours: no CUDA device here, run --dry-run on "
+                     "the GPU machine for its figure")
+    if jobs > 1:
+        lines.append(f"  with {jobs} jobs: about {_hours(est.total_s / jobs)} at best")
+    for title, table in (("per model", est.per_model), ("per method", est.per_method)):
+        lines.append(f"  {title}:")
+        width = max((len(k) for k in table), default=0)
+        for key, (dev_s, cpu_s) in sorted(table.items(), key=lambda kv: -sum(kv[1])):
+            split = (f"{dev_s / 3600:.3f} {dev_name}-h + {cpu_s / 3600:.3f} CPU-h timing" if gpu
+                     else f"{(dev_s + cpu_s) / 3600:.3f} CPU-h")
+            lines.append(f"    {key:<{width}}  {split}")
+    for why in est.missing:
+        lines.append(f"  no estimate for cells of {why}")
+    return "\n".join(lines)

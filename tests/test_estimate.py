@@ -1,0 +1,64 @@
+"""The dry run's probe estimate is close to the wall time of the run it estimates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.estimate import estimate_suite, format_estimate
+from bench.runner import run_suite
+from bench.suite import Suite
+
+EST_SUITE = {
+    "name": "est",
+    "datasets": [{"name": "digits"}],
+    "models": [{"name": "mlp", "kwargs": {"hidden": [512, 512]}}],
+    "train": {"epochs": 6, "batch_size": 32, "optimizer": "adamw", "lr": 3e-3,
+              "augment": False},
+    "finetune": {"epochs": 2, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3,
+                 "augment": False},
+    "methods": [{"name": "dense"}, {"name": "svd"}],
+    "targets": [{"macs": 0.5}, {"macs": 0.25}],
+    "seeds": [0],
+    "latency": {"batch_sizes": [1, 64], "min_runs": 20, "min_seconds": 0.05, "warmup": 3},
+}
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_probe_estimate_is_within_a_factor_of_1_5_of_the_wall_time(tmp_path, one_thread):
+    suite = Suite(**EST_SUITE)
+    results = tmp_path / "results"
+    est = estimate_suite(suite, results, device=torch.device("cpu"))
+    assert est.cells == 3 and est.trainings == 1 and not est.missing
+    assert set(est.per_method) == {"dense", "svd", "(dense baselines)"}
+    summary = run_suite(suite, results, device=torch.device("cpu"), say=lambda s: None)
+    assert summary.ok == 3
+    ratio = est.total_s / summary.seconds
+    assert 1 / 1.5 <= ratio <= 1.5, (est.total_s, summary.seconds)
+    done = estimate_suite(suite, results, device=torch.device("cpu"))
+    assert done.cells == 0 and done.total_s == 0  # nothing left to do
+
+
+def test_dry_run_prints_hours_per_model_and_method(tiny_suite, write_suite, tmp_path, capsys):
+    path = write_suite(tiny_suite)
+    assert main(["run", str(path), "--results", str(tmp_path / "r"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "estimate from a probe on this machine's cpu" in out and "CPU-hours" in out
+    assert "per model:" in out and "per method:" in out and "(dense baselines)" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_data_is_named_instead_of_estimated(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWRANK_BENCH_OFFLINE", "1")
+    suite = Suite(**{**EST_SUITE, "datasets": [{"name": "cifar10"}]})
+    est = estimate_suite(suite, tmp_path / "r", str(tmp_path / "data"))
+    assert est.cells == 0 and "dataset 'cifar10'" in est.missing[0]
+    assert "no estimate for cells of dataset 'cifar10'" in format_estimate(est)
