@@ -148,6 +148,11 @@ class LatencySpec(Strict):
     compile: bool = Field(
         default=False, description="also time a torch.compile copy, recorded separately")
     compile_backend: str = Field(default="inductor", description="torch.compile backend")
+    paired_rounds: int = Field(
+        default=20, ge=3, description="rounds of the paired timing against the dense reference "
+        "(alternating ABBA); the speedup interval is a bootstrap over rounds")
+    paired_calls: int = Field(default=5, ge=1, description="timed calls per model in a round "
+                              "(the round's figure is their median)")
 
 
 class MethodSpec(Strict):

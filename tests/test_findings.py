@@ -48,3 +48,22 @@ def test_leaders_and_markdown():
     assert "funnel" in line and "svd" in line and "tied" in line and "prune-l1" not in line
     md = render_findings(rs)
     assert md.startswith("## Findings") and "Funnel keeps more accuracy" in md
+
+
+def test_a_row_above_dense_beyond_the_intervals_warns_undertrained():
+    rs = [rec("dense", 0.70, target="dense"), rec("svd", 0.90), rec("funnel", 0.705)]
+    md = render_findings(rs)
+    assert "svd at macs<=0.5" in md and "reference may be undertrained" in md
+    assert "funnel at macs" not in md
+
+
+def test_method_details_show_rank_rule_and_ablation():
+    r = rec("svd", 0.8)
+    r["method_info"] = {"rank_rule_choice": {"chosen": "global"}}
+    a = rec("svd-accel", 0.8)
+    a["method_info"] = {"accel_ablation": {"stages": [
+        {"stage": "svd", "val_top1": 0.7, "macs_ratio": 0.5},
+        {"stage": "+rounding", "val_top1": 0.75, "macs_ratio": 0.49}]}}
+    md = render_findings([r, a])
+    assert "m svd macs<=0.5: global" in md
+    assert "svd 70.00% / 0.500x; +rounding 75.00% / 0.490x" in md

@@ -28,7 +28,7 @@ from bench.manifest import Manifest, read_manifest
 from bench.record import Record, load_records, measured_batches
 from bench.report import present
 from bench.report.analysis import analyse_group, missing, tier_title
-from bench.report.findings import render_findings
+from bench.report.findings import render_findings, undertrained
 from bench.report.plots import group_plots, method_style, slug
 from bench.report.present import md_escape
 from bench.report.provenance import provenance
@@ -181,6 +181,8 @@ def analyse(manifest: Manifest, records: list[Record], out_dir: Path) -> dict:
     counts["expected"] = len(manifest.cells)
     by_id = {r.cell_id: r for r in records}
     prov, warnings = provenance(records, manifest.suite, manifest.suite_hash, counts)
+    ref = next((r.method for r in records if r.method_name in reference), "")
+    warnings = list(warnings) + undertrained([r.to_json() for r in records], ref)
     return {"suite": {"name": manifest.suite, "description": manifest.description,
                       "data_note": manifest.data_note, "example": manifest.example},
             "groups": groups, "counts": counts, "gaps": gap_sentence(manifest, view),
@@ -229,12 +231,16 @@ def gap_sentence(manifest: Manifest, view: pd.DataFrame) -> str:
 
 def methods_table(manifest: Manifest, view: pd.DataFrame) -> list[dict]:
     out = []
+    params = {}
+    for c in manifest.cells:  # every parameter with the value the cells ran with
+        params.setdefault(c.method, ", ".join(f"{k}={v}" for k, v in sorted(c.params.items())))
     for label, name in dict.fromkeys(zip(view.method, view.method_name)):
         info = manifest.methods.get(str(name))
         states = Counter(view[view.method == label].state)
         out.append({"label": str(label), "name": str(name), "kind": info.kind if info else "",
                     "reference": bool(info and info.reference),
                     "description": info.description if info else "(not in the manifest)",
+                    "params": params.get(str(label), "") or "none",
                     "cells": ", ".join(f"{n} {s}" for s, n in states.most_common())})
     return out
 

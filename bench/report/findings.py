@@ -150,6 +150,69 @@ def leaders(records: list[dict], reference: str = "dense") -> list[str]:
     return lines
 
 
+def undertrained(records: list[dict], reference: str = "dense") -> list[str]:
+    """Rows that beat their dense reference by more than the 95% intervals: a warning that
+    the reference may be undertrained (compression should not add accuracy)."""
+    out = []
+    for (model, dataset, target), by in sorted(_estimates(records).items()):
+        if target == reference:
+            continue
+        ref = _estimates(r for r in records if r["model"] == model and
+                         r["dataset"] == dataset and r["method"] == reference)
+        dense = next(iter(next(iter(ref.values()), {}).values()), None)
+        if dense is None:
+            continue
+        for meth, e in sorted(by.items()):
+            if meth != reference and e.lo > dense.hi:
+                out.append(f"{meth} at {target} on {model}/{dataset} scores {e.mean:.2%}, above "
+                           f"the dense reference's {dense.mean:.2%} beyond both 95% intervals: "
+                           "the reference may be undertrained")
+    return out
+
+
+def method_details(records: list[dict]) -> list[str]:
+    """What methods decided and why, from their ``method_info``: the rank rule chosen on
+    the validation split, svd-accel's per-technique ablation, maestro's full-rank model."""
+    lines: list[str] = []
+    rules: dict[tuple, list[str]] = defaultdict(list)
+    full: dict[tuple, list[float]] = defaultdict(list)
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        info = r.get("method_info") or {}
+        choice = info.get("rank_rule_choice")
+        if isinstance(choice, dict) and choice.get("chosen"):
+            rules[(r["model"], r["method"], r["target_label"])].append(str(choice["chosen"]))
+        if info.get("full_rank_top1") is not None:
+            full[(r["model"], r["method"])].append(float(info["full_rank_top1"]))
+    if rules:
+        lines += ["", "Rank rule chosen on the validation split (per seed):", ""]
+        lines += [f"- {m} {meth} {t}: {', '.join(v)}" for (m, meth, t), v in sorted(rules.items())]
+    if full:
+        lines += ["", "Full-rank accuracy of the trained model before any truncation "
+                  "(validation split, mean over seeds):", ""]
+        lines += [f"- {m} {meth}: {sum(v) / len(v):.2%} ({len(v)} cells)"
+                  for (m, meth), v in sorted(full.items())]
+    abl = [r for r in records if r.get("status") == "ok" and
+           isinstance((r.get("method_info") or {}).get("accel_ablation"), dict)]
+    if abl:
+        lines += ["", "svd-accel, what each technique adds (cumulative, before fine-tuning, "
+                  "seed " + str(min(r.get("seed", 0) for r in abl)) + "): validation top-1 / "
+                  "MACs ratio. Rounding and top-up buy accuracy within the budget; the skip "
+                  "rule and merging are about latency.", ""]
+        seed0 = min(r.get("seed", 0) for r in abl)
+        for r in sorted(abl, key=lambda r: (r["model"], r["target_label"])):
+            if r.get("seed", 0) != seed0:
+                continue
+            stages = r["method_info"]["accel_ablation"].get("stages", [])
+            cells = "; ".join(
+                f"{st['stage']} {st['val_top1']:.2%} / {st['macs_ratio']:.3f}x"
+                if st.get("val_top1") is not None and st.get("macs_ratio") is not None
+                else f"{st['stage']} n/a" for st in stages)
+            lines.append(f"- {r['model']} {r['method']} {r['target_label']}: {cells}")
+    return lines
+
+
 def render_findings(records: list[dict], reference: str = "dense") -> str:
     """The Markdown "Findings" section of a report."""
     out = ["## Findings", "", "Generated from the records. Leaders at each budget "
@@ -164,4 +227,8 @@ def render_findings(records: list[dict], reference: str = "dense") -> str:
                    f"{len(c.contradicted)} contradicted, {len(c.undecided)} undecided of {n}).")
         for line in (c.supported + c.contradicted + c.undecided)[:8]:
             out.append(f"  - {line}")
+    warn = undertrained(records, reference)
+    if warn:
+        out += ["", "Warnings:", ""] + [f"- {w}" for w in warn]
+    out += method_details(records)
     return "\n".join(out) + "\n"
