@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bench.atomic import atomic_write_bytes
 
 MANIFEST_VERSION = 1
 FILENAME = "manifest.json"
@@ -121,19 +121,8 @@ def write_manifest(suite: Any, results_dir: str | Path) -> Path:
     if old is not None and old.model_dump(exclude={"created"}) == new.model_dump(
             exclude={"created"}):
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(new.model_dump(mode="json"), indent=1, sort_keys=False).encode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{FILENAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, json.dumps(new.model_dump(mode="json"), indent=1,
+                                        sort_keys=False).encode())
     return path
 
 

@@ -28,25 +28,11 @@ from typing import Any
 
 import torch
 
+from bench.atomic import atomic_write_bytes
 from bench.record import SCHEMA_VERSION, Record
 
 STATUSES = ("ok", "failed")
 _TMP_MAX_AGE_S = 3600.0
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
