@@ -34,5 +34,5 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check bench methods tests benchmarks
 
-clean:
-	rm -rf results
+clean:  # checkpoints, logs, locks and other suites; the committed reference records stay
+	git clean -fdXq results 2>/dev/null || rm -rf results
