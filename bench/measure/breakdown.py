@@ -22,6 +22,10 @@ few profiled calls after a warm-up. Batch 1, fixed thread count, eval mode,
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +82,21 @@ class Breakdown:
         return {**{c: self.categories[c] for c in CATEGORIES}, "total_ms": self.total_ms}
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence the profiler backend's own start/stop and device-probe lines, which it writes
+    to file descriptor 2 from C++ for every profiled region (one per cell in a suite run)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def profile_breakdown(model: nn.Module, inputs: tuple[int, ...] | torch.Tensor,
                       batch_size: int = 1, threads: int | None = 1, calls: int = 5,
                       warmup: int = 3, seed: int = 0) -> Breakdown:
@@ -100,7 +119,7 @@ def profile_breakdown(model: nn.Module, inputs: tuple[int, ...] | torch.Tensor,
         with torch.inference_mode():
             for _ in range(warmup):
                 model(x)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(calls):
                     with record_function(SPAN):
                         model(x)
