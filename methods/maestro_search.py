@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -108,7 +109,7 @@ def component_effects(layer: OrderedFactorized, x: Tensor, grad: Tensor) -> Tens
     return (grad @ u * h).reshape(len(x), -1, r).sum(dim=1)
 
 
-class RankSearch:
+class RankSearch(ABC):
     """The state and path shared by both searches; subclasses choose the next cut."""
 
     def __init__(self, model: nn.Module, layers: dict[str, OrderedFactorized], metric: str,
@@ -193,13 +194,13 @@ class RankSearch:
     def total(self, estimate_fixed: int, ranks: dict[str, int]) -> int:
         return estimate_fixed + sum(self.layer_cost(p, r) for p, r in ranks.items())
 
+    @abstractmethod
     def start(self) -> None:
         """The path's first point: the kept ranks and their loss."""
-        raise NotImplementedError
 
+    @abstractmethod
     def advance(self) -> bool:
         """Append the next cut to the path; False when no layer can be cut further."""
-        raise NotImplementedError
 
     def run(self, estimate_fixed: int, budget: float) -> dict[str, Any]:
         """The first point of the path with fixed + sum of layer costs <= budget, walking on.
