@@ -29,6 +29,7 @@ def content_hash(obj: Any, length: int = 16) -> str:
 def _spec(m: BaseModel) -> dict:
     d = m.model_dump(mode="json")
     d.pop("label", None)
+    d.pop("seeds", None)  # which seeds run is not part of one cell's content
     return d
 
 
@@ -111,7 +112,7 @@ def expand(suite: Suite) -> list[Cell]:
     cells: list[Cell] = []
     for model in suite.models:
         for dataset in suite.datasets:
-            for seed in suite.seeds:
+            for seed in (model.seeds or suite.seeds):
                 for spec in suite.methods:
                     cls = get_method(spec.name)
                     targets = spec.targets if spec.targets is not None else suite.targets

@@ -35,7 +35,7 @@ def cmd_validate(args) -> int:
     cells = expand(suite)
     print(f"{path}: valid suite '{suite.name}' with {len(cells)} cells "
           f"({len(suite.models)} models x {len(suite.datasets)} datasets x "
-          f"{len(suite.seeds)} seeds)")
+          f"{len({c.seed for c in cells})} seeds)")
     return 0
 
 

@@ -97,7 +97,7 @@ def build_manifest(suite: Any) -> Manifest:
         suite=suite.name, suite_hash=suite.hash(), description=suite.description,
         data_note=suite.data_note or "", example=bool(getattr(suite, "example", False)),
         targets=[_target_label(k, v) for t in suite.targets for k, v in t.items()],
-        seeds=list(suite.seeds),
+        seeds=sorted({c.seed for c in cells}),
         cells=[ExpectedCell(cell_id=c.id, model=c.model.display, dataset=c.dataset.display,
                             seed=c.seed, method=c.method_label, method_name=c.method,
                             params=c.params, target=c.target, target_label=c.target_label)

@@ -74,6 +74,9 @@ class ModelSpec(Strict):
     stem: Literal["default", "cifar"] = Field(
         default="default", description="'cifar': 3x3 stride-1 first conv, no max-pool")
     checkpoint: str | None = Field(default=None, description="local pretrained state_dict")
+    seeds: list[int] | None = Field(
+        default=None, min_length=1,
+        description="this model's seeds, instead of the suite's (e.g. fewer for a costly model)")
 
     @field_validator("name")
     @classmethod
@@ -149,8 +152,16 @@ class LatencySpec(Strict):
         default=False, description="also time a torch.compile copy, recorded separately")
     compile_backend: str = Field(default="inductor", description="torch.compile backend")
     paired_rounds: int = Field(
-        default=20, ge=3, description="rounds of the paired timing against the dense reference "
-        "(alternating ABBA); the speedup interval is a bootstrap over rounds")
+        default=20, ge=3, description="most rounds of the paired timing against the dense "
+        "reference (alternating ABBA); the speedup interval is a bootstrap over ABBA blocks")
+    paired_min_rounds: int = Field(
+        default=8, ge=2, description="rounds before the paired timing may stop early")
+    paired_target_rel: float | None = Field(
+        default=0.03, gt=0, description="stop a batch size's paired rounds once the interval "
+        "half-width is within this fraction of the median (null: always paired_rounds)")
+    paired_floor_rel: float = Field(
+        default=0.02, ge=0, description="resolution floor added in quadrature to the interval: "
+        "the relative error an A/A pair keeps on this machine whatever the rounds")
     paired_calls: int = Field(default=5, ge=1, description="timed calls per model in a round "
                               "(the round's figure is their median)")
 

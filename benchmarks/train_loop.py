@@ -1,13 +1,19 @@
 """Training throughput (images/s): the harness's loop against a minimal loop, and channels_last.
 
-Three loops train the same model (fmnist's resnet10t-w16 by default, or its
+Four loops train the same model (fmnist's resnet10t-w16 by default, or its
 ViT) for one epoch over the same images with the same optimizer settings:
 
 - ``harness``: ``bench.train.train`` (what every cell uses: schedule, hooks,
-  finite-loss check, accuracy bookkeeping, per-batch normalisation);
+  finite-loss check, accuracy bookkeeping, per-batch normalisation) with
+  ``channels_last=False`` (the default memory format);
+- ``harness-channels-last``: the same with ``channels_last=True`` (model and
+  each batch in channels_last);
 - ``minimal``: a hand-written loop (normalised tensors sliced into batches,
   forward, cross-entropy, backward, AdamW step);
 - ``minimal-channels-last``: the same with model and inputs in channels_last.
+
+``--eval`` times ``bench.train.evaluate`` (inference, batch 512) over the same
+images instead, as ``evaluate`` and ``evaluate-channels-last``.
 
 Each repeat runs every loop once, in turn, on fresh copies of one initial
 model, so all see the same machine load; the table has the median img/s per
@@ -18,7 +24,7 @@ tensors of that shape. Figures matter only on an otherwise idle machine.
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/train_loop.py [--model resnet|vit] [--images 3000]
-        [--threads 1] [--repeats 3] [--data fmnist|random] [--out train_loop.json]
+        [--threads 1] [--repeats 3] [--data fmnist|random] [--eval] [--out train_loop.json]
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.data import load_dataset  # noqa: E402
 from bench.data.base import DataBundle, Split  # noqa: E402
 from bench.models import build_model  # noqa: E402
-from bench.train import make_optimizer, train  # noqa: E402
+from bench.train import evaluate, make_optimizer, train  # noqa: E402
 
 MODELS = {  # the fmnist suite's models
     "resnet": ("resnet10t", {"channels": [16, 32, 64, 128], "stem_width": 16}, "cifar"),
@@ -65,8 +71,14 @@ def bundle(kind: str, images: int, root: str | None) -> DataBundle:
     return data
 
 
-def harness_loop(model: nn.Module, data: DataBundle) -> int:
-    train(model, data, epochs=1, augment=False, schedule="cosine", **BUDGET)
+def harness_loop(model: nn.Module, data: DataBundle, channels_last: bool = False) -> int:
+    train(model, data, epochs=1, augment=False, schedule="cosine", loop="host",
+          channels_last=channels_last, **BUDGET)
+    return len(data.train)
+
+
+def eval_loop(model: nn.Module, data: DataBundle, channels_last: bool = False) -> int:
+    evaluate(model, data, "train", channels_last=channels_last)
     return len(data.train)
 
 
@@ -92,8 +104,13 @@ def minimal_loop(model: nn.Module, data: DataBundle, channels_last: bool = False
 
 LOOPS = {
     "harness": harness_loop,
+    "harness-channels-last": lambda m, d: harness_loop(m, d, channels_last=True),
     "minimal": minimal_loop,
     "minimal-channels-last": lambda m, d: minimal_loop(m, d, channels_last=True),
+}
+EVAL_LOOPS = {
+    "evaluate": eval_loop,
+    "evaluate-channels-last": lambda m, d: eval_loop(m, d, channels_last=True),
 }
 
 
@@ -105,11 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", choices=("fmnist", "random"), default="fmnist")
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--loops", nargs="*", choices=sorted(LOOPS), default=list(LOOPS))
+    ap.add_argument("--loops", nargs="*", choices=sorted({**LOOPS, **EVAL_LOOPS}), default=None)
+    ap.add_argument("--eval", action="store_true",
+                    help="time evaluate() (inference, batch 512) instead of training")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    loops = {**LOOPS, **EVAL_LOOPS}
+    if args.loops is None:
+        args.loops = list(EVAL_LOOPS if args.eval else LOOPS)
     data = bundle(args.data, args.images, args.data_root)
     name, kwargs, stem = MODELS[args.model]
     torch.manual_seed(0)
@@ -120,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         for loop in args.loops:
             model = copy.deepcopy(initial)
             t0 = time.perf_counter()
-            n = LOOPS[loop](model, data)
+            n = loops[loop](model, data)
             samples[loop].append(n / (time.perf_counter() - t0))
     rows: list[dict[str, Any]] = []
     for loop, ips in samples.items():

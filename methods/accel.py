@@ -31,6 +31,10 @@ all of them on:
 budget, which is ours) on or off, so a suite can list ablation rows; every
 cell also records ``accel_ablation``: the validation top-1 (before
 fine-tuning) and MACs of plain SVD and of each technique added in turn.
+``rank_selection`` is svd's: with ``auto`` each rule is compressed with the
+techniques on and ``local`` is kept unless another rule's validation loss
+before fine-tuning is clearly lower (methods.layers.ranks.pick_rank_rule);
+the ablation uses the rule chosen.
 
 Our choices where the papers leave room: timing is per layer on random inputs
 of the layer's real shape at the suite's batch sizes (mean relative time over

@@ -215,8 +215,8 @@ class LoRITaParams(LayerSelection):
         default="default", description="init of the added square factors: default "
         "(PyTorch's, as the authors) or orthogonal (merged weight starts as the plain init)")
     rank_selection: RankRule = Field(
-        default="auto", description="auto (best on validation), local, global or energy "
-        "(as in svd)")
+        default="auto", description="auto (local unless another rule has a clearly lower "
+        "validation loss before fine-tuning), local, global or energy (as in svd)")
 
 
 @register_method

@@ -4,9 +4,12 @@ Each selected layer W (out x in, or out x in*k*k for a conv) becomes
 U_r sqrt(S_r) @ sqrt(S_r) V_r^T deployed as two real layers (see
 methods.layers). Ranks come from one of the rules in methods.layers.ranks and
 are searched so the whole model's params or MACs land at or under the target.
-``rank_selection: auto`` (the default) runs all three rules and keeps the one
-whose compressed model scores best on the validation split (recorded as
-``rank_rule_choice``). Post-training: the harness fine-tunes afterwards under
+``rank_selection: auto`` (the default) runs all three rules and scores each
+compressed model, before fine-tuning, by its per-sample validation loss; it
+keeps ``local`` unless another rule's loss is lower by more than the noise of
+a paired comparison (2 standard errors and 1%; see
+methods.layers.ranks.pick_rank_rule), recorded with the reason as
+``rank_rule_choice``. Post-training: the harness fine-tunes afterwards under
 the common budget.
 """
 
@@ -34,9 +37,10 @@ from methods.layers.selection import LayerSelection
 
 class SVDParams(LayerSelection):
     rank_selection: RankRule = Field(
-        default="auto", description="auto (the rule whose compressed model scores best on "
-        "the validation split), local (same fraction), global (pooled normalised singular "
-        "values) or energy (kept spectral energy)")
+        default="auto", description="auto (local, unless another rule's compressed model, "
+        "before fine-tuning, has a validation loss lower by more than 2 standard errors of a "
+        "paired per-sample comparison and 1%), local (same fraction), global (pooled "
+        "normalised singular values) or energy (kept spectral energy)")
 
 
 def layer_spectra(model: nn.Module, layers: dict[str, nn.Module],
@@ -92,7 +96,7 @@ Selector = Callable[[nn.Module], dict[str, nn.Module]]
 
 def svd_to_budget(model: nn.Module, target: Target, ctx: MethodContext, select: Selector,
                   selection: RankRule) -> nn.Module:
-    """Truncated SVD to ``target`` with the given rank rule, or ``auto``: the best on val.
+    """Truncated SVD to ``target`` with the given rank rule, or ``auto``: chosen on val loss.
 
     Each rule compresses its own copy of ``model`` (layers picked by
     ``select``) against a scratch context; see methods.layers.ranks.pick_rank_rule.

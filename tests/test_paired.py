@@ -28,12 +28,22 @@ class Twice(nn.Module):
 
 
 class Spy(nn.Module):
-    """Records the order of calls, train flag and inference mode; echoes its input."""
+    """Records the order of calls, train flag and inference mode; echoes its input.
+
+    Deep copies (the timer times fresh copies) share the log and count themselves."""
 
     def __init__(self, name: str, log: list):
         super().__init__()
         self.name, self.log = name, log
         self.lin = nn.Linear(4, 4)
+        self.copies = [0]
+
+    def __deepcopy__(self, memo: dict) -> Spy:
+        twin = Spy(self.name, self.log)
+        twin.lin = copy.deepcopy(self.lin, memo)
+        twin.copies = self.copies
+        self.copies[0] += 1
+        return twin
 
     def forward(self, x: Tensor) -> Tensor:
         self.log.append((self.name, self.training, torch.is_inference_mode_enabled(),
@@ -47,28 +57,65 @@ def with_retry(measure: Callable[[], Any], ok: Callable[[Any], bool]) -> Any:
     return result if ok(result) else measure()
 
 
+SPEEDUP_KEYS = {"median", "ci_low", "ci_high", "ci_low_stat", "ci_high_stat", "floor_rel",
+                "half_width_rel", "rounds", "blocks", "noisy", "stopped"}
+
+
 def test_entry_has_the_record_shape_and_alternates_abba():
     log: list = []
     model, ref = Spy("m", log).train(), Spy("r", log).train()
     before = torch.get_num_threads()
-    out = time_paired(model, ref, (4,), [1, 3], threads=1, rounds=4, calls=2, warmup=1)
+    out = time_paired(model, ref, (4,), [1, 3], threads=1, rounds=4, calls=2, warmup=1,
+                      refresh=1)
     assert torch.get_num_threads() == before
+    assert model.training and ref.training  # the originals are not touched
     assert set(out) == {"b1", "b3"}
     e = out["b3"]
     assert set(e) == {"model", "reference", "speedup", "load_avg", "threads"}
     for side in ("model", "reference"):
         assert set(e[side]) == {"p50_ms", "p90_ms", "iqr_ms", "n"} and e[side]["n"] == 8
         assert 0 < e[side]["p50_ms"] <= e[side]["p90_ms"] and e[side]["iqr_ms"] >= 0
-    assert set(e["speedup"]) == {"median", "ci_low", "ci_high", "rounds", "noisy"}
-    assert e["speedup"]["rounds"] == 4 and e["threads"] == 1 and len(e["load_avg"]) == 2
+    assert set(e["speedup"]) == SPEEDUP_KEYS
+    assert e["speedup"]["rounds"] == 4 and e["speedup"]["blocks"] == 2
+    assert e["speedup"]["stopped"] == "max_rounds"
+    assert e["threads"] == 1 and len(e["load_avg"]) == 2
     assert e["speedup"]["ci_low"] <= e["speedup"]["median"] <= e["speedup"]["ci_high"]
-    # eval + inference mode; the same fixed batch for both sides
+    # fresh copies of both sides for each of the 2 blocks (refresh=1)
+    assert model.copies[0] == 2 and ref.copies[0] == 2
+    # eval + inference mode; each batch size its own fixed batch
     assert all(not training and inference for _, training, inference, _ in log)
-    b3 = [entry for entry in log[-(4 * 2 * 2):]]
-    assert len({s for *_, s in b3}) == 1
-    # after warm-up (1 call each): rounds in ABBA order, 2 calls per side per round
-    order = "".join(name for name, *_ in b3)
-    assert order == "mmrr" + "rrmm" + "mmrr" + "rrmm"
+    sums = {}
+    for *_, xs in log:  # the first call is b1's batch, then b3's (warm-up order)
+        sums.setdefault(xs, f"b{len(sums) * 2 + 1}")
+    seq = [f"{name}{sums[xs]}" for name, _, _, xs in log]
+    warm = ["mb1", "rb1", "mb3", "rb3"]  # fresh copies warm up on each batch
+    abba = ["m", "m", "r", "r", "r", "r", "m", "m"]  # 2 calls per side per round
+    lead = ["r", "m"]  # untimed: the block starts as inside one long ABBA run
+    block = (warm + [f"{n}b1" for n in lead + abba] + [f"{n}b3" for n in lead + abba])
+    # the batch sizes take turns block by block, and each block is ABBA
+    assert seq == block + block
+
+
+def test_rounds_stop_at_the_target_once_min_rounds_are_in():
+    model = nn.Linear(64, 64)
+    out = time_paired(model, copy.deepcopy(model), (64,), [4], threads=1, rounds=200,
+                      calls=3, warmup=1, min_rounds=6, target_rel=0.5, floor_rel=0.0)
+    s = out["b4"]["speedup"]
+    assert s["rounds"] == 6 and s["stopped"] == "target" and s["half_width_rel"] <= 0.5
+    fixed = time_paired(model, copy.deepcopy(model), (64,), [4], threads=1, rounds=6,
+                        calls=1, warmup=0)["b4"]["speedup"]
+    assert fixed["rounds"] == 6 and fixed["stopped"] == "max_rounds"
+
+
+def test_floor_widens_the_interval_in_quadrature():
+    ref, mod = [1.0] * 8, [1.0] * 8
+    s = speedup_stats(ref, mod, floor_rel=0.02)
+    assert s["ci_low_stat"] == s["ci_high_stat"] == 1.0
+    assert s["ci_low"] == pytest.approx(0.98) and s["ci_high"] == pytest.approx(1.02)
+    assert s["half_width_rel"] == pytest.approx(0.02)
+    # an order effect inside an ABBA block cancels: (1.1 * 1/1.1) per block
+    alt = speedup_stats([1.1, 1.0] * 4, [1.0, 1.1] * 4)
+    assert alt["median"] == pytest.approx(1.0) and alt["blocks"] == 4
 
 
 def test_fixed_input_tensor_and_bad_arguments():
@@ -90,11 +137,12 @@ def test_speedup_statistics_and_deterministic_bootstrap():
     mod = list(1.0 + 0.02 * rng.standard_normal(40))
     s = speedup_stats(ref, mod)
     ratios = [r / m for r, m in zip(ref, mod)]
-    assert s["median"] == pytest.approx(float(np.median(ratios)))
-    assert s["ci_low"] < s["median"] < s["ci_high"] and s["rounds"] == 40
+    blocks = [float(np.sqrt(a * b)) for a, b in zip(ratios[::2], ratios[1::2])]
+    assert s["median"] == pytest.approx(float(np.median(blocks)))
+    assert s["ci_low"] < s["median"] < s["ci_high"] and s["rounds"] == 40 and s["blocks"] == 20
     assert 1.9 < s["ci_low"] and s["ci_high"] < 2.1 and not s["noisy"]
     assert speedup_stats(ref, mod) == s  # fixed seed: same samples, same interval
-    wide = speedup_stats([1.0, 3.0, 1.0, 3.0, 1.0, 3.0], [1.0] * 6)
+    wide = speedup_stats([1.0, 1.0, 3.0, 3.0, 1.0, 1.0, 3.0, 3.0], [1.0] * 8)
     assert wide["noisy"]
     assert bootstrap_median_ci([2.0]) == (2.0, 2.0)
     with pytest.raises(ValueError, match="as many"):

@@ -123,3 +123,21 @@ def test_cifar100_is_cifar_with_another_dataset():
     assert c100.name == "cifar100" and c100.datasets[0].name == "cifar100"
     assert c100.models == c10.models and c100.methods == c10.methods
     assert c100.train == c10.train and c100.seeds == c10.seeds
+
+
+def test_a_model_may_run_fewer_seeds_and_keeps_its_cell_ids(tiny_suite, write_suite):
+    from bench.cells import expand
+    from bench.manifest import build_manifest
+    from bench.suite import load_suite
+
+    tiny_suite["seeds"] = [0, 1]
+    both = {c.id for c in expand(load_suite(write_suite(tiny_suite, "both.yaml"))[0])}
+    tiny_suite["models"][0]["seeds"] = [1]
+    suite, _ = load_suite(write_suite(tiny_suite, "one.yaml"))
+    cells = expand(suite)
+    assert {c.seed for c in cells} == {1}
+    assert {c.id for c in cells} < both  # the seed-1 cells, ids unchanged
+    assert build_manifest(suite).seeds == [1]
+    tiny_suite["models"][0]["seeds"] = []
+    with pytest.raises(Exception, match=r"models\[0\]\.seeds: List should have at least 1 item"):
+        load_suite(write_suite(tiny_suite, "empty.yaml"))

@@ -64,10 +64,11 @@ def time_all(model: nn.Module, input_shape: tuple[int, ...], spec: LatencySettin
             out[f"{device}{suffix}"] = {"skipped": f"input {input_shape} is not an image (C,H,W)"}
             continue
         by_batch: dict[str, Any] = {}
+        largest = max(spec.batch_sizes)
         for bs in spec.batch_sizes:
-            try:
+            try:  # peak memory at the largest batch only: each reading costs a full GC
                 lat = time_model(model, input_shape, bs, device, threads=threads,
-                                 track_memory=True, **_timing_kwargs(spec), **kw)
+                                 track_memory=bs == largest, **_timing_kwargs(spec), **kw)
                 by_batch[f"b{bs}"] = lat.summary()
             except Exception as exc:
                 if not suffix:
@@ -80,11 +81,14 @@ def time_all(model: nn.Module, input_shape: tuple[int, ...], spec: LatencySettin
 
 def paired_all(model: nn.Module, reference: nn.Module, input_shape: tuple[int, ...],
                spec: LatencySettings, device: str) -> dict[str, Any]:
-    """``{b<batch>: entry}``: copies of both models timed in ABBA rounds on ``device``."""
-    return time_paired(copy.deepcopy(model), copy.deepcopy(reference), input_shape,
+    """``{b<batch>: entry}``: copies of both models (fresh every few blocks) in ABBA rounds."""
+    return time_paired(model, reference, input_shape,
                        spec.batch_sizes, threads=spec.threads if device == "cpu" else None,
                        rounds=getattr(spec, "paired_rounds", DEFAULT_ROUNDS),
                        calls=getattr(spec, "paired_calls", DEFAULT_CALLS),
+                       min_rounds=getattr(spec, "paired_min_rounds", None),
+                       target_rel=getattr(spec, "paired_target_rel", None),
+                       floor_rel=getattr(spec, "paired_floor_rel", 0.0),
                        warmup=spec.warmup, device=device)
 
 

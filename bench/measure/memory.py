@@ -45,9 +45,23 @@ def _lifetime_peak_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
 
 
+_frozen = False
+
+
 def release_free_heap() -> bool:
-    """Hand freed heap pages back to the OS (glibc malloc_trim), so the delta can see reuse."""
+    """Hand freed heap pages back to the OS (glibc malloc_trim), so the delta can see reuse.
+
+    The first call also moves every object alive after its full collection (the
+    imported libraries, the suite, the data) into the collector's permanent
+    generation (``gc.freeze``): later collections then walk only what was made
+    since, which took a full collection of a suite run's process from about
+    0.25 s to milliseconds per measurement.
+    """
+    global _frozen
     gc.collect()
+    if not _frozen:
+        gc.freeze()
+        _frozen = True
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return bool(libc.malloc_trim(0))

@@ -12,9 +12,21 @@ on the knob so that the model's cost lands at or under the budget:
 A layer whose factorized form would not be cheaper than dense stays dense.
 
 ``auto`` (:func:`pick_rank_rule`) compresses with each of the three rules
-and keeps the one whose compressed model (before fine-tuning) has the best
-top-1 on the validation split (ties: lower validation loss, then the order
-local, global, energy); each rule's figures go into the record.
+and scores each compressed model, before fine-tuning, by its mean
+cross-entropy on the validation split, computed per sample. The rule with
+the lowest mean loss (ties: the order local, global, energy; a non-finite
+loss always loses) replaces the default rule :data:`DEFAULT_RULE` (``local``)
+only when it beats it clearly in a paired comparison over the same
+validation samples: the mean of the per-sample differences (default minus
+rule) must exceed :data:`NOISE_SES` (2) standard errors and
+:data:`MIN_RELATIVE_GAIN` (1%) of the default's mean loss; otherwise the
+default is kept. Top-1 is not the criterion: after a hard truncation all
+rules often sit near chance, where top-1 cannot separate them while the
+loss still can. Each rule's validation top-1 and loss, the paired
+difference and its standard error, and a sentence saying why go into the
+``rank_rule_choice`` record. The default is a module constant rather than a
+method parameter so that adding it does not change every cell's params (and
+with them the cached results and LoRITa's training keys).
 """
 
 from __future__ import annotations
@@ -30,6 +42,12 @@ from torch import Tensor, nn
 RankSelection = Literal["local", "global", "energy"]
 RankRule = Literal["auto", "local", "global", "energy"]
 RULES: tuple[RankSelection, ...] = ("local", "global", "energy")
+# ``auto``: the rule kept unless another is clearly better on validation loss.
+DEFAULT_RULE: RankSelection = "local"
+# ``auto``: a rule beats the default only if its paired mean loss reduction exceeds
+# NOISE_SES standard errors and MIN_RELATIVE_GAIN of the default's mean loss.
+NOISE_SES = 2.0
+MIN_RELATIVE_GAIN = 0.01
 
 
 @dataclass
@@ -145,38 +163,142 @@ def val_scores(model: nn.Module, batches, device: torch.device) -> tuple[float, 
     return (correct / n, loss / n) if n else None
 
 
+@torch.no_grad()
+def val_losses(model: nn.Module, batches, device: torch.device) -> tuple[float, Tensor, Tensor]:
+    """(top-1, per-sample cross-entropy, labels) of ``model`` over ``batches``, in order.
+
+    Losses and labels are float64/int64 tensors on the CPU, empty when there are no
+    batches (top-1 is then nan).
+    """
+    was_training = model.training
+    model.eval()
+    losses: list[Tensor] = []
+    labels: list[Tensor] = []
+    correct = 0
+    try:
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            losses.append(nn.functional.cross_entropy(logits.double(), y, reduction="none").cpu())
+            labels.append(y.cpu())
+            correct += int((logits.argmax(1) == y).sum())
+    finally:
+        model.train(was_training)
+    loss = torch.cat(losses) if losses else torch.zeros(0, dtype=torch.float64)
+    label = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+    return (correct / len(label) if len(label) else math.nan), loss, label
+
+
+def paired_difference(default: Tensor, other: Tensor) -> tuple[float, float]:
+    """Mean and standard error of ``default - other`` per sample (positive: ``other``
+    has the lower loss). The standard error is inf with fewer than two samples."""
+    d = default - other
+    n = len(d)
+    mean = float(d.mean()) if n else math.nan
+    se = float(d.std(unbiased=True) / math.sqrt(n)) if n > 1 else math.inf
+    return mean, se
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def choose_by_loss(losses: dict[RankSelection, Tensor],
+                   default: RankSelection = DEFAULT_RULE) -> tuple[RankSelection, dict[str, Any]]:
+    """The rule ``auto`` keeps given each rule's per-sample validation losses (same samples,
+    same order), and the facts behind it: ``paired`` (the lowest-loss rule other than the
+    default against the default: ``difference`` = default minus rule, its ``se``, ``n``)
+    and ``basis``, a sentence saying why."""
+    means = {r: float(v.mean()) if len(v) else math.nan for r, v in losses.items()}
+    finite = [r for r in RULES if r in means and math.isfinite(means[r])]
+    facts: dict[str, Any] = {"default": default}
+    if not finite:
+        facts["basis"] = f"no rule has a finite validation loss: default {default} kept"
+        return default, facts
+    if default not in finite:
+        best = min(finite, key=lambda r: (means[r], RULES.index(r)))
+        facts["basis"] = (f"the default {default}'s validation loss is not finite; lowest "
+                          f"finite validation loss before fine-tuning: {best} "
+                          f"{_fmt(means[best])}")
+        return best, facts
+    others = [r for r in finite if r != default]
+    if not others:
+        facts["basis"] = (f"the other rules' validation losses are not finite: default "
+                          f"{default} kept ({_fmt(means[default])})")
+        return default, facts
+    rival = min(others, key=lambda r: (means[r], RULES.index(r)))
+    diff, se = paired_difference(losses[default], losses[rival])
+    facts["paired"] = {"rule": rival, "vs": default, "difference": round(diff, 6),
+                       "se": round(se, 6) if math.isfinite(se) else None,
+                       "n": len(losses[default])}
+    gap = f"difference {_fmt(diff)} +- {_fmt(se)}"
+    margin = max(NOISE_SES * se, MIN_RELATIVE_GAIN * abs(means[default]))
+    if diff > margin:
+        facts["basis"] = (f"lowest validation loss before fine-tuning ({_fmt(means[rival])} "
+                          f"vs {default} {_fmt(means[default])}, {gap})")
+        return rival, facts
+    if diff < -margin:
+        facts["basis"] = (f"the default {default} has the lowest validation loss before "
+                          f"fine-tuning ({_fmt(means[default])} vs {rival} "
+                          f"{_fmt(means[rival])}, {gap}): default kept")
+        return default, facts
+    facts["basis"] = (f"within noise of the default {default} ({rival} {_fmt(means[rival])} "
+                      f"vs {_fmt(means[default])}, {gap}; a rule must beat it by more than "
+                      f"{NOISE_SES:g} se and {MIN_RELATIVE_GAIN:.0%}): default kept")
+    return default, facts
+
+
 def pick_rank_rule(selection: RankRule,
                    build: Callable[[RankSelection], tuple[nn.Module, dict[str, Any]]],
                    ctx: Any) -> nn.Module:
-    """The compressed model of ``selection``, or with ``auto`` the best rule on validation.
+    """The compressed model of ``selection``, or with ``auto`` the rule chosen on validation.
 
     ``build(rule)`` returns a freshly compressed model (the caller's model
     untouched) and the facts it recorded; the chosen rule's facts go into
-    ``ctx.info``, and ``rank_rule_choice`` says what was chosen and from what.
+    ``ctx.info``, and ``rank_rule_choice`` says what was chosen and why:
+    ``chosen``, ``default``, ``rules`` (each rule's ``val_top1`` and
+    ``val_loss`` before fine-tuning), ``paired`` and ``basis`` (see
+    :func:`choose_by_loss`). ``auto`` keeps :data:`DEFAULT_RULE` unless another
+    rule's validation loss is lower by more than the paired comparison's noise.
     Without validation data (none, or a context that has no split to give)
-    ``auto`` falls back to ``local`` and says so.
+    ``auto`` falls back to the default and says so.
     """
     if selection != "auto" or not has_val_data(ctx):
-        rule: RankSelection = "local" if selection == "auto" else selection
+        rule: RankSelection = DEFAULT_RULE if selection == "auto" else selection
         model, info = build(rule)
         ctx.info.update(info)
-        basis = "set in the suite" if selection != "auto" else "no validation data: local"
+        basis = ("set in the suite" if selection != "auto"
+                 else f"no validation data: default {DEFAULT_RULE}")
         ctx.record("rank_rule_choice", {"chosen": rule, "basis": basis})
         return model
-    scores: dict[str, dict[str, float] | None] = {}
-    best: tuple | None = None  # (key, rule, model, info)
-    for order, rule in enumerate(RULES):
-        model, info = build(rule)
-        sc = val_scores(model, ctx.val_batches(), ctx.device)
-        scores[rule] = None if sc is None else {"val_top1": sc[0], "val_loss": round(sc[1], 6)}
-        key = (-1.0, 0.0, 0) if sc is None else (sc[0], -sc[1], -order)
-        if best is None or key > best[0]:
-            best = (key, rule, model, info)
-    assert best is not None
-    _, chosen, model, info = best
+    built: dict[RankSelection, tuple[nn.Module, dict[str, Any]]] = {}
+    losses: dict[RankSelection, Tensor] = {}
+    scores: dict[str, dict[str, float | None]] = {}
+    labels: Tensor | None = None
+    paired = True
+    for rule in RULES:
+        built[rule] = build(rule)
+        top1, loss, y = val_losses(built[rule][0], ctx.val_batches(), ctx.device)
+        if labels is None:
+            labels = y
+        elif not torch.equal(labels, y):
+            paired = False  # e.g. a shuffled validation loader
+        losses[rule] = loss
+        mean = float(loss.mean()) if len(loss) else math.nan
+        scores[rule] = {"val_top1": top1,
+                        "val_loss": round(mean, 6) if math.isfinite(mean) else None}
+    if paired:
+        chosen, facts = choose_by_loss(losses)
+    else:
+        chosen, facts = DEFAULT_RULE, {
+            "default": DEFAULT_RULE,
+            "basis": f"the validation batches differ between calls, so per-sample losses "
+                     f"cannot be paired: default {DEFAULT_RULE} kept"}
+    model, info = built[chosen]
     ctx.info.update(info)
-    ctx.record("rank_rule_choice", {"chosen": chosen, "rules": scores,
-                                    "basis": "best validation top-1 before fine-tuning"})
+    ctx.record("rank_rule_choice", {"chosen": chosen, "default": facts["default"],
+                                    "rules": scores, "paired": facts.get("paired"),
+                                    "basis": facts["basis"]})
     return model
 
 
