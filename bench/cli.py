@@ -164,6 +164,28 @@ def cmd_publish(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    """Recompute a slice of committed records in an empty directory and compare them."""
+    from bench.verify import format_checks, verify_suite
+
+    suite, path = _suite(args)
+    if not suite.slice:
+        print("error: verify recomputes cells from scratch; name a slice with --only "
+              "(e.g. --only model=mlp,seed=0,method=svd)", file=sys.stderr)
+        return 2
+    results = Path(args.results or RESULTS_ROOT / suite.name)
+    print(f"recomputing {suite.slice} of '{suite.name}' from scratch and comparing with "
+          f"{results}/cells")
+    checks = verify_suite(suite, results, data_root=args.data_root,
+                          workdir=Path(args.keep) if args.keep else None)
+    print(format_checks(checks))
+    if not any(c.status != "no committed record" for c in checks):
+        print("error: no cell of this slice has a committed record to compare with",
+              file=sys.stderr)
+        return 2
+    return 1 if any(c.failed for c in checks) else 0
+
+
 def cmd_methods(args) -> int:
     from bench.plugins import get_method, method_names
 
@@ -229,6 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a suite file without running anything")
     suite_arg(p)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("verify", help="recompute committed cells from scratch and compare "
+                       "top-1, MACs, params and ranks")
+    suite_arg(p)
+    p.add_argument("--only", metavar="KEY=VALUE,...", required=True,
+                   help="the cells to recompute (same keys as run --only)")
+    p.add_argument("--results", help="committed records (default results/<suite>)")
+    p.add_argument("--data-root", help="where datasets live (default $LOWRANK_BENCH_DATA)")
+    p.add_argument("--keep", metavar="DIR", help="recompute into DIR and keep it (default: a "
+                   "temporary directory, removed afterwards)")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("methods", help="list registered methods and their parameters")
     p.set_defaults(func=cmd_methods)
