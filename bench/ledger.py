@@ -1,6 +1,6 @@
 """The training budget ledger of a cell: what training its deployed model got, checked.
 
-The rule (README, "Fairness: one budget for every row"): every row gets the
+The rule (docs/fairness.md, "Fairness: one budget for every row"): every row gets the
 same total number of optimizer steps, the suite's training budget plus its
 fine-tuning budget, each counted as ``epochs x ceil(train split / batch size)``.
 

@@ -2,7 +2,7 @@
 
 The reference is "dense + fine-tune": the harness fine-tunes this row under
 the same fine-tune phase as every compressed row, so every row of a suite has
-the same total optimizer steps (README, "Fairness: one budget for every row").
+the same total optimizer steps (docs/fairness.md, "Fairness: one budget for every row").
 """
 
 from __future__ import annotations

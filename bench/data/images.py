@@ -27,7 +27,7 @@ COMMON_OPTIONS = ("val_fraction", "split_seed", "train_subset", "augment", "pad"
 
 @dataclass(frozen=True)
 class ImageOptions:
-    """Options every image loader accepts (see the README's "Datasets and suites")."""
+    """Options every image loader accepts (see docs/suites.md, "Datasets and suites")."""
 
     val_fraction: float = 0.1
     split_seed: int = 0
