@@ -220,7 +220,7 @@ def time_layer(layer: nn.Module, in_shape: tuple[int, ...], ranks: list[int],
 def timing_candidates(sp: LayerSpectrum, multiple: int, opts: AccelParams) -> list[int]:
     """The ranks of a layer that get timed: at most :data:`MAX_TIMED_RANKS` multiples of
     ``multiple`` spread evenly up to the break-even rank (the skip rule brackets the rest)."""
-    table = rank_table(sp, multiple, max_entries=MAX_TIMED_RANKS)
+    table = rank_table(sp, multiple, max_entries=MAX_TIMED_RANKS - 1)[-MAX_TIMED_RANKS:]
     return [r for r in table if r <= sp.max_useful_rank()] or table[:1]
 
 
