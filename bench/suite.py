@@ -160,7 +160,8 @@ class LatencySpec(Strict):
         default=0.03, gt=0, description="stop a batch size's paired rounds once the interval "
         "half-width is within this fraction of the median (null: always paired_rounds)")
     paired_floor_rel: float = Field(
-        default=0.02, ge=0, description="resolution floor added in quadrature to the interval: "
+        default=0.02, ge=0,  # = bench.measure.paired.DEFAULT_FLOOR_REL
+        description="resolution floor added in quadrature to the interval: "
         "the relative error an A/A pair keeps on this machine whatever the rounds")
     paired_calls: int = Field(default=5, ge=1, description="timed calls per model in a round "
                               "(the round's figure is their median)")

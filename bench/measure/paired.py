@@ -59,6 +59,7 @@ DEFAULT_ROUNDS = 20
 DEFAULT_CALLS = 5
 NOISY_REL = 0.10
 DEFAULT_REFRESH = 2  # ABBA blocks between fresh copies of both sides
+DEFAULT_FLOOR_REL = 0.02  # an A/A pair's resolution on a 2-core CPU (suite default too)
 
 
 def load_avg_1m() -> float | None:
