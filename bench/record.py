@@ -237,6 +237,7 @@ class Metric:
     per_batch: Literal["cpu", "cuda", "compile", "onnxruntime"] | None = None
     agg: Literal["mean", "median"] = "mean"
     description: str = ""
+    optional: bool = False  # a CSV column only when some record holds a value
 
     def names(self, batches: dict[str, list[str]]) -> list[tuple[str, str, str]]:
         """(column name, path, batch key or '') for each expansion of this metric."""
@@ -293,9 +294,10 @@ def _runtime_metrics(rt: str, label: str) -> list[Metric]:
 def _runtime_states() -> list[Metric]:
     return [m for rt in RUNTIME_LABELS for m in (
         Metric(f"runtime_{rt}_state", f"{rt} state", f"metrics.runtime_info.{rt}.state", "",
-               "", description=f"measured, or why {rt} could not run the model"),
+               "", description=f"measured, or why {rt} could not run the model",
+               optional=True),
         Metric(f"runtime_{rt}_error", f"{rt} error", f"metrics.runtime_info.{rt}.error", "",
-               "", csv=False))]
+               "", csv=False, optional=True))]
 
 
 METRICS: list[Metric] = [
