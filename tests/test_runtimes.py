@@ -298,3 +298,13 @@ def test_findings_per_method_and_runtime():
     plain = rec("svd", (1.3, 1.2, 1.4), None)
     del plain["metrics"]["runtime_info"]
     assert runtime_findings([plain]) == []
+
+
+def test_cells_with_runtimes_round_trip_with_their_ids(tiny_suite, write_suite):
+    from bench.cells import Cell
+
+    tiny_suite["latency"]["runtimes"] = ["eager", "compile"]
+    tiny_suite["latency"]["ort_graph_optimization"] = "basic"
+    for cell in expand(load_suite(write_suite(tiny_suite))[0]):
+        back = Cell.model_validate(json.loads(json.dumps(cell.model_dump(mode="json"))))
+        assert back.id == cell.id and back.latency.runtimes == ("eager", "compile")
