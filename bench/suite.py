@@ -144,9 +144,9 @@ Runtime = Literal["eager", "compile", "onnxruntime"]
 
 def _runtimes(values: tuple[str, ...]) -> tuple[str, ...]:
     if not values:
-        raise ValueError("runtimes: give at least 'eager' (the default is [eager])")
+        raise ValueError("give at least 'eager' (the default is [eager])")
     if "eager" not in values:
-        raise ValueError(f"runtimes: {list(values)} leaves out 'eager'; the eager paired "
+        raise ValueError(f"{list(values)} leaves out 'eager'; the eager paired "
                          "timing is always measured and is what the other runtimes are "
                          "compared with, so list it too, e.g. [eager, "
                          f"{', '.join(values)}]")
