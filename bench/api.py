@@ -219,3 +219,73 @@ def finetune(result: Compressed, data: DataBundle, *, epochs: int, seed: int = 0
         raise ValueError("this result has no method context; make it with bench.compress")
     return run_training(result.model, data, seed=seed + 1, method=result.method,
                         ctx=result.context, phase="finetune", epochs=epochs, **budget)
+
+
+class PairedTiming(dict):
+    """``{"b<batch>": entry}`` as :func:`time_against` returns it, with the runtime's
+    versions and settings in ``info``."""
+
+    def __init__(self, entries: dict[str, Any], info: dict[str, Any]):
+        super().__init__(entries)
+        self.info = info
+
+
+def time_against(model: nn.Module, reference: nn.Module, example_input: Tensor, *,
+                 runtime: str = "eager", batch_sizes: list[int] | tuple[int, ...] | None = (1, 64),
+                 threads: int = 1, rounds: int = 20, calls: int = 5, min_rounds: int = 8,
+                 target_rel: float | None = 0.03, floor_rel: float = 0.02, warmup: int = 3,
+                 graph_optimization: str = "all", seed: int = 0) -> PairedTiming:
+    """Time ``model`` against ``reference`` on the CPU, paired and interleaved, under a runtime.
+
+    The same timing a suite records (``metrics.latency_paired`` for eager,
+    ``metrics.latency_paired_runtimes.<runtime>`` otherwise): both models
+    prepared the same way (``"eager"``; ``"compile"``: ``torch.compile``,
+    inductor, static shapes; ``"onnxruntime"``: exported with
+    ``torch.onnx.export`` and run on onnxruntime's CPU provider with
+    ``threads`` intra-op threads and the ``graph_optimization`` level
+    ``disable``/``basic``/``extended``/``all``), in alternating ABBA rounds on
+    the same random batch of ``example_input``'s per-sample shape at each of
+    ``batch_sizes`` (``None``: ``example_input`` itself is the one batch).
+
+    Returns ``{"b<batch>": entry}``; ``entry["speedup"]`` has ``median``,
+    ``ci_low``/``ci_high`` (95%, bootstrap over ABBA blocks widened by
+    ``floor_rel``), ``noisy`` and ``rounds``; ``entry["model"]`` and
+    ``entry["reference"]`` the p50/p90 ms of each side. ``.info`` holds the
+    runtime's versions and settings (opset, exporter, onnxruntime version,
+    ...). A model the runtime cannot take raises
+    :class:`bench.measure.runtimes.RuntimeUnavailable` (``.state``:
+    "not exportable", "not compilable" or "unavailable"; ``.message``).
+
+    Example::
+
+        import torch, bench
+        from torch import nn
+        dense = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+        small = bench.compress(dense, "svd", macs=0.5,
+                               example_input=torch.randn(1, 512)).model
+        t = bench.time_against(small, dense, torch.randn(1, 512),
+                               runtime="onnxruntime", batch_sizes=[1, 64], threads=1)
+        s = t["b64"]["speedup"]
+        print(f"{s['median']:.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}]", t.info["opset"])
+    """
+    from bench.measure.runtimes import RUNTIMES, RuntimeUnavailable, time_runtime
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+    inputs: tuple[int, ...] | Tensor = (example_input.detach().to("cpu") if batch_sizes is None
+                                        else tuple(example_input.shape[1:]))
+    paired = {"rounds": rounds, "calls": calls, "min_rounds": min_rounds,
+              "target_rel": target_rel, "floor_rel": floor_rel, "warmup": warmup, "seed": seed}
+    if runtime == "eager":
+        from bench.measure.paired import time_paired
+        from bench.measure.runtimes import runtime_info
+
+        entries = time_paired(model, reference, inputs, batch_sizes, threads=threads,
+                              device="cpu", **paired)
+        return PairedTiming(entries, {**runtime_info("eager", threads), "state": "measured"})
+    entries, info = time_runtime(model, reference, inputs, batch_sizes, runtime,
+                                 threads=threads, graph_optimization=graph_optimization,
+                                 **paired)
+    if entries is None:
+        raise RuntimeUnavailable(runtime, info["state"], info.get("error", ""))
+    return PairedTiming(entries, info)
