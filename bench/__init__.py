@@ -22,6 +22,23 @@ def compress(*args, **kwargs):  # noqa: D103 - documented in bench.api.compress
 
 compress.__doc__ = "One-call compression of your own model; see bench.api.compress."
 
+
+def time_against(*args, **kwargs):  # noqa: D103 - documented in bench.api.time_against
+    from bench.api import time_against as _time_against
+
+    return _time_against(*args, **kwargs)
+
+
+time_against.__doc__ = """Paired CPU timing of a model against a reference under a runtime.
+
+    bench.time_against(model, reference, example_input, runtime="onnxruntime",
+                       batch_sizes=[1, 64], threads=1)
+
+returns ``{"b1": entry, "b64": entry}`` (``entry["speedup"]``: median, ci_low,
+ci_high, noisy) with the runtime's versions and settings in ``.info``;
+runtime is "eager", "compile" or "onnxruntime". See bench.api.time_against.
+"""
+
 __all__ = [
     "compress",
     "Cost",
@@ -33,4 +50,5 @@ __all__ = [
     "get_method",
     "method_names",
     "register_method",
+    "time_against",
 ]

@@ -153,7 +153,18 @@ def _measure_seconds(model, data, latency, measure_cost, measure_deployable) -> 
             # plus the paired timing against the dense reference: rounds x calls, both sides
             paired = 2 * (rounds * calls + latency.warmup)
             extra[dev] += (latency.warmup + runs + paired) * one
-    return base + extra["cpu"], extra["cuda"]
+            if dev == "cpu":  # each deployment runtime: another paired timing (eager's pace)
+                extra[dev] += paired * one * len(_other_runtimes(latency))
+    prepare = sum(PREPARE_S.get(rt, 0.0) for rt in _other_runtimes(latency))
+    return base + extra["cpu"] + 2 * prepare * len(latency.batch_sizes), extra["cuda"]
+
+
+# rough seconds to prepare one side at one batch size for a runtime (export, compile)
+PREPARE_S = {"compile": 15.0, "onnxruntime": 2.0}
+
+
+def _other_runtimes(latency: Any) -> list[str]:
+    return [rt for rt in getattr(latency, "runtimes", ("eager",)) if rt != "eager"]
 
 
 def _train_s(p: ModelProbe, budget: Any, epochs: float) -> float:

@@ -22,11 +22,13 @@ from torch import Tensor, nn
 Metric = Literal["params", "macs"]
 
 
-class NotApplicableError(Exception):
+class NotApplicableError(ValueError):
     """A method cannot reach a target on this model (e.g. nothing it can factorize enough).
 
     Raised from ``compress``; the harness records the cell as ``not_applicable``
-    with ``reason`` and no metrics, never as a ranked row or a failure.
+    with ``reason`` and no metrics, never as a ranked row or a failure. A
+    ValueError (the model given cannot be compressed so), so that
+    :func:`bench.compress` callers catch every refusal as one.
     """
 
     def __init__(self, reason: str):
@@ -165,12 +167,22 @@ class Method:
       Params: a pydantic model of the hyperparameters, validated from the suite.
       uses_target: False for methods that produce one model whatever the target
         (the ``dense`` reference row).
+      needs_data: True for a method whose ``compress`` always trains on (or reads)
+        the data; :func:`bench.compress` then refuses it without ``data`` up
+        front, before any work (methods that read data only for some parameters
+        are refused when they first ask for it).
+      needs_build: for a method whose ``compress`` builds fresh models of the
+        architecture (``ctx.build_model``, which the harness always sets), what
+        the builder is called with; :func:`bench.compress` shows it when the
+        caller gave no ``build=`` and none could be derived. Empty otherwise.
     """
 
     name: ClassVar[str] = ""
     kind: ClassVar[Literal["post", "train"]] = "post"
     Params: ClassVar[type[BaseModel]] = NoParams
     uses_target: ClassVar[bool] = True
+    needs_data: ClassVar[bool] = False
+    needs_build: ClassVar[str] = ""
     description: ClassVar[str] = ""
     # Settings of a "train" method's own training that a parameter sets, as
     # {setting: parameter name} (e.g. {"weight_decay": "weight_decay"}): the

@@ -221,8 +221,9 @@ class Metric:
     """One measured quantity: where it lives in a record and how reports show it.
 
     `path` is a dotted path into the record; with `per_batch` set to a device
-    ('cpu', 'cuda') it holds a `{b}` placeholder and the metric expands into
-    one column per batch key measured on that device (b1, b64, ...).
+    ('cpu', 'cuda') or a CPU deployment runtime ('compile', 'onnxruntime') it
+    holds a `{b}` placeholder and the metric expands into one column per batch
+    key measured there (b1, b64, ...): no column where nothing was measured.
     """
 
     name: str
@@ -233,9 +234,10 @@ class Metric:
     direction: Literal["higher", "lower"] | None = None
     csv: bool = True
     leaderboard: bool = False
-    per_batch: Literal["cpu", "cuda"] | None = None
+    per_batch: Literal["cpu", "cuda", "compile", "onnxruntime"] | None = None
     agg: Literal["mean", "median"] = "mean"
     description: str = ""
+    optional: bool = False  # a CSV column only when some record holds a value
 
     def names(self, batches: dict[str, list[str]]) -> list[tuple[str, str, str]]:
         """(column name, path, batch key or '') for each expansion of this metric."""
@@ -267,6 +269,36 @@ class Metric:
 
 LAT = "metrics.latency.{dev}.{{b}}"
 PAIRED = "metrics.latency_paired.cpu.{b}.speedup"
+RUNTIME_PAIRED = "metrics.latency_paired_runtimes.{rt}.{{b}}.speedup"
+# deployment runtimes timed beside eager (bench.measure.runtimes): name, short label
+RUNTIME_LABELS = {"compile": "compile", "onnxruntime": "ORT"}
+
+
+def _runtime_metrics(rt: str, label: str) -> list[Metric]:
+    """The paired speedup under one runtime, one column per batch (like eager's), and the
+    runtime's state ('measured', 'not exportable', ...) with its error."""
+    path = RUNTIME_PAIRED.format(rt=rt)
+    return [
+        Metric(f"speedup_{rt}_{{b}}", f"speedup {label}", path + ".median", "×", ".2f",
+               "higher", leaderboard=True, per_batch=rt, agg="median",
+               description=f"reference time / time, both under {rt}, paired rounds"),
+        Metric(f"speedup_{rt}_{{b}}_lo", f"speedup {label} CI low", path + ".ci_low", "×",
+               ".2f", "higher", per_batch=rt, agg="median"),
+        Metric(f"speedup_{rt}_{{b}}_hi", f"speedup {label} CI high", path + ".ci_high", "×",
+               ".2f", "higher", per_batch=rt, agg="median"),
+        Metric(f"speedup_{rt}_{{b}}_noisy", f"speedup {label} noisy", path + ".noisy", "", "",
+               csv=False, per_batch=rt),
+    ]
+
+
+def _runtime_states() -> list[Metric]:
+    return [m for rt in RUNTIME_LABELS for m in (
+        Metric(f"runtime_{rt}_state", f"{rt} state", f"metrics.runtime_info.{rt}.state", "",
+               "", description=f"measured, or why {rt} could not run the model",
+               optional=True),
+        Metric(f"runtime_{rt}_error", f"{rt} error", f"metrics.runtime_info.{rt}.error", "",
+               "", csv=False, optional=True))]
+
 
 METRICS: list[Metric] = [
     Metric("top1", "top-1", "metrics.top1", "%", ".4f", "higher",
@@ -304,6 +336,8 @@ METRICS: list[Metric] = [
            per_batch="cpu", agg="median"),
     Metric("speedup_{b}_noisy", "speedup noisy", PAIRED + ".noisy", "", "", csv=False,
            per_batch="cpu"),
+    *[m for rt, label in RUNTIME_LABELS.items() for m in _runtime_metrics(rt, label)],
+    *_runtime_states(),
     Metric("cuda_{b}_ms", "GPU p50", LAT.format(dev="cuda") + ".median_ms", "ms", "ms", "lower",
            leaderboard=True, per_batch="cuda", agg="median", description="CUDA events"),
     Metric("total_steps", "train steps", "ledger.total_steps", "", ",d",
@@ -322,8 +356,11 @@ def batch_key(key: str) -> tuple[int, str]:
 
 
 def measured_batches(records: list[Record]) -> dict[str, list[str]]:
-    """Per device, the batch keys (b1, b64, ...) with a latency in some record, smallest first."""
-    out: dict[str, set[str]] = {"cpu": set(), "cuda": set()}
+    """Per device, the batch keys (b1, b64, ...) with a latency in some record, smallest first;
+    per deployment runtime, the batch keys it was timed at (or, where it could not take the
+    model, the CPU batch keys, so that its state has a column to show in)."""
+    out: dict[str, set[str]] = {"cpu": set(), "cuda": set(),
+                                **{rt: set() for rt in RUNTIME_LABELS}}
     for r in records:
         lat = r.metrics.get("latency") or {}
         for dev in out:
@@ -332,6 +369,15 @@ def measured_batches(records: list[Record]) -> dict[str, list[str]]:
                     out[dev].add(key)
         for key in ((r.metrics.get("latency_paired") or {}).get("cpu") or {}):
             out["cpu"].add(key)
+        timed = r.metrics.get("latency_paired_runtimes") or {}
+        for rt, info in (r.metrics.get("runtime_info") or {}).items():
+            if rt not in out or not isinstance(info, dict):
+                continue
+            keys = timed.get(rt) or ((r.metrics.get("latency_paired") or {}).get("cpu") or {})
+            out[rt].update(k for k in keys if _BATCH.fullmatch(k))
+        for rt, entries in timed.items():
+            if rt in out and isinstance(entries, dict):
+                out[rt].update(k for k in entries if _BATCH.fullmatch(k))
     return {dev: sorted(keys, key=batch_key) for dev, keys in out.items()}
 
 

@@ -138,6 +138,22 @@ def _positive_sizes(sizes: tuple[int, ...]) -> tuple[int, ...]:
     return sizes
 
 
+RUNTIMES = ("eager", "compile", "onnxruntime")
+Runtime = Literal["eager", "compile", "onnxruntime"]
+
+
+def _runtimes(values: tuple[str, ...]) -> tuple[str, ...]:
+    if not values:
+        raise ValueError("give at least 'eager' (the default is [eager])")
+    if "eager" not in values:
+        raise ValueError(f"{list(values)} leaves out 'eager'; the eager paired "
+                         "timing is always measured and is what the other runtimes are "
+                         "compared with, so list it too, e.g. [eager, "
+                         f"{', '.join(values)}]")
+    # one canonical order: the same set of runtimes gives the same cell id
+    return tuple(r for r in RUNTIMES if r in values)
+
+
 class LatencySpec(Strict):
     batch_sizes: Annotated[tuple[int, ...], AfterValidator(_positive_sizes)] = (1, 64)
     threads: int = Field(default=1, ge=1, description="CPU threads used for timing")
@@ -160,10 +176,30 @@ class LatencySpec(Strict):
         default=0.03, gt=0, description="stop a batch size's paired rounds once the interval "
         "half-width is within this fraction of the median (null: always paired_rounds)")
     paired_floor_rel: float = Field(
-        default=0.02, ge=0, description="resolution floor added in quadrature to the interval: "
+        default=0.02, ge=0,  # = bench.measure.paired.DEFAULT_FLOOR_REL
+        description="resolution floor added in quadrature to the interval: "
         "the relative error an A/A pair keeps on this machine whatever the rounds")
     paired_calls: int = Field(default=5, ge=1, description="timed calls per model in a round "
                               "(the round's figure is their median)")
+    runtimes: Annotated[tuple[Runtime, ...], AfterValidator(_runtimes)] = Field(
+        default=("eager",), description="deployment runtimes timed paired against the dense "
+        "reference prepared the same way: eager (always), compile (torch.compile, inductor), "
+        "onnxruntime (torch.onnx export, CPUExecutionProvider)")
+    ort_graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        default="all", description="onnxruntime graph optimization level (all: ORT_ENABLE_ALL)")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # fields added later are left out at their default, so existing cell ids stay valid
+        out = handler(self)
+        for name, default in _LATER_LATENCY_DEFAULTS.items():
+            value = out.get(name, default)
+            if (list(value) if isinstance(value, tuple) else value) == default:
+                out.pop(name, None)
+        return out
+
+
+_LATER_LATENCY_DEFAULTS: dict[str, Any] = {"runtimes": ["eager"], "ort_graph_optimization": "all"}
 
 
 class MethodSpec(Strict):

@@ -15,7 +15,7 @@ cores than idle. Two remedies, both applied before any work starts:
   (:func:`training_threads`). ``LOWRANK_BENCH_THREADS``, else ``OMP_NUM_THREADS``,
   overrides the choice. A serial run applies it in its own process for the
   run's duration (:func:`apply_training_threads`); ``--jobs N`` workers get it
-  at start (bench.executors.local).
+  at start (bench.run.executors.local).
 
 Latency timing is not affected: it always runs with the suite's fixed,
 recorded ``latency.threads``.

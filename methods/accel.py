@@ -47,20 +47,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+from tqdm.auto import tqdm
 
 from bench import Method, MethodContext, Target, register_method
 from methods.accel_ablation import ablation_record
-from methods.layers import LowRankConv2d, LowRankLinear, factorize, set_module
+from methods.layers import LowRankConv2d, LowRankLinear, factorize, paired_timing, set_module
 from methods.layers.freezing import SequentialFreezer, factor_pairs
 from methods.layers.merging import merge_linear_chains, merge_maps
-from methods.layers.paired_timing import LayerTimings, paired_timings
+from methods.layers.paired_timing import LayerTimings, PairedTiming, paired_timings
 from methods.layers.ranks import LayerSpectrum, RankSelection, pick_rank_rule, ranks_for_knob
 from methods.layers.surgery import probe_layers
+from methods.layers.timing_cache import TimingCache, machine_key
 from methods.svd import SVDParams, decompose_to_budget, layer_spectra
 
 __all__ = ["AccelParams", "SVDAccel", "SequentialFreezer", "decompose_accel", "factor_pairs",
@@ -151,7 +154,9 @@ def layer_inputs(model: nn.Module, layers: dict[str, nn.Module],
     return shapes
 
 
-_TIMING_CACHE: dict[tuple, LayerTimings] = {}
+_TIMING_CACHE: dict[tuple, LayerTimings] = {}  # this process's timings
+DISK_CACHE = TimingCache()  # every process's timings on this machine (methods.layers.timing_cache)
+MAX_TIMED_RANKS = 8  # candidate ranks timed per layer; ranks between them are bracketed
 
 
 def _layer_key(layer: nn.Module, in_shape: tuple[int, ...]) -> tuple:
@@ -161,28 +166,62 @@ def _layer_key(layer: nn.Module, in_shape: tuple[int, ...]) -> tuple:
             layer.padding, layer.dilation, layer.bias is not None, in_shape)
 
 
+def timing_key(layer: nn.Module, in_shape: tuple[int, ...], opts: AccelParams) -> str:
+    """The disk-cache key of a layer's timings, less the rank: shape, input, batches,
+    threads, rounds and the machine (CPU model, torch version)."""
+    return json.dumps([_layer_key(layer, tuple(in_shape)), list(opts.timing_batches),
+                       opts.timing_threads, opts.timing_rounds, machine_key()])
+
+
 def time_layer(layer: nn.Module, in_shape: tuple[int, ...], ranks: list[int],
                opts: AccelParams) -> LayerTimings:
     """Paired timings of ``layer`` against its factorized forms (random weights, same shapes).
 
-    Layers of equal shape share one timing (cached for the process), so blocks
-    repeated through a network and later targets cost nothing more and decide
-    alike.
+    Layers of equal shape share one timing, so blocks repeated through a network
+    and later targets cost nothing more and decide alike. Timings of the
+    library's own timer are also kept on disk (:data:`DISK_CACHE`), keyed by
+    :func:`timing_key` and the rank, so a later call or run on this machine
+    times only the ranks it has not seen.
     """
     key = (_layer_key(layer, in_shape), tuple(ranks), tuple(opts.timing_batches),
            opts.timing_threads, opts.timing_rounds)
     if key in _TIMING_CACHE:
         return _TIMING_CACHE[key]
-    layer = layer.cpu()
-    facts: dict[int, nn.Module] = {}
+    persistent = paired_timing.measure_ms is paired_timing.DEFAULT_TIMER
+    base = timing_key(layer, in_shape, opts) if persistent else ""
+    out = LayerTimings()
+    missing = []
     for r in ranks:
-        facts[r] = LowRankLinear(layer.in_features, layer.out_features, r,
-                                 bias=layer.bias is not None) \
-            if isinstance(layer, nn.Linear) else LowRankConv2d(layer, r)
-    out = paired_timings(layer, facts, in_shape, list(opts.timing_batches), opts.timing_rounds,
-                         opts.timing_threads)
+        hit = DISK_CACHE.get(f"{base}|{r}") if persistent else None
+        if hit:
+            out.pairs[r] = PairedTiming(list(hit["ratios"]))
+            out.dense_ms.update({int(b): ms for b, ms in hit["dense_ms"].items()})
+        else:
+            missing.append(r)
+    if missing:
+        layer = layer.cpu()
+        facts: dict[int, nn.Module] = {}
+        for r in missing:
+            facts[r] = LowRankLinear(layer.in_features, layer.out_features, r,
+                                     bias=layer.bias is not None) \
+                if isinstance(layer, nn.Linear) else LowRankConv2d(layer, r)
+        fresh = paired_timings(layer, facts, in_shape, list(opts.timing_batches),
+                               opts.timing_rounds, opts.timing_threads)
+        out.pairs.update(fresh.pairs)
+        out.dense_ms.update(fresh.dense_ms)
+        if persistent:
+            DISK_CACHE.put_many({f"{base}|{r}": {"ratios": fresh.pairs[r].ratios,
+                                                 "dense_ms": fresh.dense_ms} for r in missing})
+    out.pairs = dict(sorted(out.pairs.items()))
     _TIMING_CACHE[key] = out
     return out
+
+
+def timing_candidates(sp: LayerSpectrum, multiple: int, opts: AccelParams) -> list[int]:
+    """The ranks of a layer that get timed: at most :data:`MAX_TIMED_RANKS` multiples of
+    ``multiple`` spread evenly up to the break-even rank (the skip rule brackets the rest)."""
+    table = rank_table(sp, multiple, max_entries=MAX_TIMED_RANKS - 1)[-MAX_TIMED_RANKS:]
+    return [r for r in table if r <= sp.max_useful_rank()] or table[:1]
 
 
 # -- rank choice ----------------------------------------------------------------------
@@ -221,12 +260,28 @@ class AccelRankChooser:
         return max(r for r, t in allowed.items() if t <= fastest * (1 + self.opts.tie_tolerance))
 
     def basis(self, sp: LayerSpectrum, rank: int) -> str:
-        """What the skip rule decides ``rank`` of a layer from: a timed verdict or MACs."""
+        """What the skip rule decides ``rank`` of a layer from: a timed verdict or MACs.
+
+        An untimed rank is bracketed by the timed ones (a factorized layer's time
+        grows with its rank): below a rank timed clearly faster it is faster,
+        above one timed clearly slower it is slower; otherwise MACs decide.
+        """
         timing = self.timings.get(sp.path)
-        if self.opts.timing and timing and rank in timing.pairs:
-            verdict = timing.pairs[rank].verdict(self.opts.speed_margin)
+        if not self.opts.timing:
+            return "macs"
+        if not timing or not timing.pairs:
+            return "macs (not timed)"
+        margin = self.opts.speed_margin
+        if rank in timing.pairs:
+            verdict = timing.pairs[rank].verdict(margin)
             return f"timed {verdict}" if verdict != "tie" else "macs (timings within noise)"
-        return "macs (not timed)" if self.opts.timing else "macs"
+        above = [r for r in timing.pairs if r > rank]
+        below = [r for r in timing.pairs if r < rank]
+        if above and timing.pairs[min(above)].verdict(margin) == "faster":
+            return "timed faster"
+        if below and timing.pairs[max(below)].verdict(margin) == "slower":
+            return "timed slower"
+        return "macs (between timed ranks)"
 
     def worth_it(self, sp: LayerSpectrum, rank: int) -> bool:
         if sp.saving(rank, self.metric) <= 0:
@@ -327,10 +382,13 @@ def decompose_accel(model: nn.Module, target: Target, ctx: MethodContext,
     if opts.timing and (opts.uses("skip") or (opts.rank_table and opts.uses("rounding"))):
         shapes = layer_inputs(model, layers, ctx.input_shape)
         multiple = opts.rank_multiple or 1
-        for sp in spectra:
-            table = rank_table(sp, multiple) if opts.rank_table else sorted(
-                {quantize_rank(r, multiple, sp.full_rank) for r in range(1, sp.full_rank + 1)})
-            table = [r for r in table if r <= sp.max_useful_rank()] or table[:1]
+        ctx.logger.info("svd-accel: timing %d layers against their factorized forms (up to "
+                        "%d ranks each; timings already in %s are reused)", len(spectra),
+                        MAX_TIMED_RANKS, DISK_CACHE.path)
+        # a progress bar on a terminal (tqdm disables itself when output is redirected)
+        for sp in tqdm(spectra, desc="svd-accel layer timings", unit="layer", leave=False,
+                       disable=None if len(spectra) >= 4 else True):
+            table = timing_candidates(sp, multiple, opts)
             timings[sp.path] = time_layer(layers[sp.path], shapes[sp.path], table, opts)
     chooser = AccelRankChooser(spectra, selection, metric, opts, timings)
     goal, plan, achieved = budget, None, dense_total

@@ -16,11 +16,18 @@ How each family is narrowed (our choice; shallower variants are not built):
   head count (heads and depth kept, so head_dim shrinks);
 - timm ResNet: stem width and every stage's channels times w.
 Widths are rounded to ``round_to`` (at least 1).
+
+The models come from ``ctx.build_model``: the harness's builder makes the cell's
+architecture with the overrides above. A builder that takes a
+``width_multiplier`` argument (as :func:`bench.compress`'s ``build=`` may) is
+called with w itself instead, so any family it can narrow works.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -66,7 +73,29 @@ def width_overrides(model: nn.Module, w: float, round_to: int = 1) -> dict[str, 
                 "stem_width": max(4, _scale(stem, w, round_to))}
     raise ValueError(
         f"dense-small does not know how to narrow {type(model).__name__}; supported: the "
-        "built-in mlp, timm VisionTransformer and ResNet")
+        "built-in mlp, timm VisionTransformer and ResNet. For another family, give a builder "
+        "that takes width_multiplier (bench.compress(..., build=lambda width_multiplier: ...))")
+
+
+BUILD_HELP = (
+    "trains a narrower copy of the architecture from scratch: pass build=, a callable "
+    "returning a fresh untrained model. If it takes a width_multiplier argument it "
+    "is called as build(width_multiplier=w), w in (0, 1] (any family; keep every width at "
+    "least 1); otherwise as build(**kw) with the family's width overrides (timm ResNet: "
+    "channels=, stem_width=; timm VisionTransformer: embed_dim=; the built-in mlp: hidden=), "
+    "e.g. build=lambda **kw: timm.create_model('resnet18', num_classes=10, **kw)")
+
+
+def takes_width_multiplier(build: Callable[..., nn.Module]) -> bool:
+    """Whether ``build`` names a ``width_multiplier`` parameter (then it gets w itself).
+
+    Why: a caller's builder for a family :func:`width_overrides` does not know
+    narrows itself from w; a ``**kw`` builder (the harness's) gets overrides.
+    """
+    try:
+        return "width_multiplier" in inspect.signature(build).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
 
 
 @register_method
@@ -77,17 +106,30 @@ class DenseSmall(Method):
     kind = "post"
     Params = DenseSmallParams
     description = "same family made narrower (width multiplier), trained from scratch"
+    needs_data = True
+    needs_build = BUILD_HELP
 
     def size(self, model: nn.Module, target: Target, ctx: MethodContext) -> tuple[nn.Module,
                                                                                   float]:
-        """The widest multiplier whose fresh model meets ``target``, and that model."""
+        """The widest multiplier whose fresh model meets ``target``, and that model.
+
+        The builder gets ``width_multiplier=w`` when it takes it, else the
+        family's :func:`width_overrides` (an unknown family is refused before
+        anything is built). Without a builder: a ValueError saying what to pass.
+        """
         if ctx.build_model is None:
-            raise RuntimeError("dense-small needs ctx.build_model")
+            raise ValueError(f"dense-small {BUILD_HELP}")
+        make = ctx.build_model
         p: DenseSmallParams = self.params
+        by_multiplier = takes_width_multiplier(make)
+        if not by_multiplier:
+            width_overrides(model, 1.0, p.round_to)  # refuse an unknown family up front
         budget = target.ratio * (ctx.dense_cost or ctx.measure(model)).get(target.metric)
 
         def build(w: float) -> tuple[nn.Module, int]:
-            cand = ctx.build_model(**width_overrides(model, w, p.round_to))
+            cand = make(width_multiplier=w) if by_multiplier else \
+                make(**width_overrides(model, w, p.round_to))
+            cand = cand.to(ctx.device)
             return cand, ctx.measure(cand).get(target.metric)
 
         lo, hi = 0.0, 1.0
@@ -109,7 +151,8 @@ class DenseSmall(Method):
     def compress(self, model: nn.Module, target: Target, ctx: MethodContext) -> nn.Module:
         small, w = self.size(model, target, ctx)
         ctx.record("width_multiplier", w)
-        ctx.record("width_overrides", width_overrides(model, w, self.params.round_to))
+        if not takes_width_multiplier(ctx.build_model):
+            ctx.record("width_overrides", width_overrides(model, w, self.params.round_to))
         stats = ctx.train(small, phase="train")
         ctx.record("from_scratch_epochs", getattr(stats, "epochs", None))
         return small

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
+
+# layer timings cached by svd-accel go to a folder of this test run, not the user's cache
+os.environ["LOWRANK_BENCH_CACHE"] = tempfile.mkdtemp(prefix="lowrank-bench-test-cache-")
 
 TINY_SUITE = {
     "name": "tiny",

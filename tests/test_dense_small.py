@@ -76,3 +76,87 @@ def test_tiny_widths_of_a_tiered_stem_resnet_still_build():
         narrow = build_model("resnet10t", 10, 3, 32, kwargs=width_overrides(model, w),
                              stem="cifar")
         assert narrow(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+# -- through bench.compress (the library door) ----------------------------------------
+
+def _synthetic(shape=(3, 32, 32), n=32):
+    from bench.data import DataBundle, Split
+
+    g = torch.Generator().manual_seed(0)
+
+    def split(k):
+        return Split(torch.randn(k, *shape, generator=g), torch.randint(0, 10, (k,), generator=g))
+
+    return DataBundle("synthetic", split(n), split(n), split(n // 2), 10, shape[0], shape[1],
+                      (0.0,) * shape[0], (1.0,) * shape[0])
+
+
+def _tiny_resnet(**over):
+    import timm
+
+    return timm.create_model("resnet10t", num_classes=10,
+                             **{"channels": (8, 16, 32, 64), "stem_width": 8, **over})
+
+
+def test_library_refusals_say_what_to_pass_before_any_work():
+    """No builder and no data: one message naming both (builder first). A builder but no
+    data: the data refusal, before the width search builds anything."""
+    import bench
+
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError) as e:
+        bench.compress(_tiny_resnet(), "dense-small", macs=0.5, example_input=x)
+    msg = str(e.value)
+    assert "dense-small" in msg and "build=" in msg and "width_multiplier" in msg
+    assert "does not reproduce" in msg  # why no builder was derived from the timm name
+    assert msg.index("build=") < msg.index("data=")
+    calls = []
+
+    def build(**kw):
+        calls.append(kw)
+        return _tiny_resnet(**kw)
+
+    with pytest.raises(ValueError, match="needs training data; pass data="):
+        bench.compress(_tiny_resnet(), "dense-small", macs=0.5, example_input=x, build=build)
+    assert calls == []
+
+
+def test_library_builder_with_width_multiplier_narrows_any_family():
+    """A builder that takes width_multiplier gets w itself: a family dense-small does not
+    narrow on its own (an MLP-Mixer) works."""
+    from timm.models.mlp_mixer import MlpMixer
+
+    import bench
+
+    def build(width_multiplier):
+        return MlpMixer(num_classes=10, img_size=32, patch_size=8, num_blocks=1,
+                        embed_dim=max(1, round(32 * width_multiplier)))
+
+    out = bench.compress(build(1.0), "dense-small", macs=0.5,
+                         example_input=torch.randn(1, 3, 32, 32), data=_synthetic(),
+                         build=build, method_params={"search_steps": 6},
+                         train={"batch_size": 32, "augment": False})
+    assert 0.25 < out.macs_ratio <= 0.5
+    assert 0 < out.info["width_multiplier"] < 1 and "width_overrides" not in out.info
+    assert out.info["from_scratch_epochs"] == 1
+    assert out.model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_library_derives_a_builder_from_a_timm_name_when_it_reproduces_the_model():
+    import timm
+
+    import bench
+    from bench.api import timm_builder
+
+    model = timm.create_model("test_vit", num_classes=10, img_size=32)
+    build, why = timm_builder(model, (3, 32, 32))
+    assert build is not None, why
+    assert build(embed_dim=32).embed_dim == 32
+    out = bench.compress(model, "dense-small", macs=0.5, example_input=torch.randn(1, 3, 32, 32),
+                         data=_synthetic(), method_params={"search_steps": 4},
+                         train={"batch_size": 32, "augment": False})
+    assert out.macs_ratio <= 0.5 and out.info["width_overrides"]["embed_dim"] < 64
+    # built with other arguments than the name's: not trusted
+    custom = timm.create_model("test_vit", num_classes=10, img_size=32, depth=1)
+    assert timm_builder(custom, (3, 32, 32))[0] is None

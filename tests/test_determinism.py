@@ -25,7 +25,7 @@ def every_method_suite(tmp_path_factory):
     suite = json.loads(json.dumps(TINY_SUITE))
     suite["name"] = "every-method"
     suite["models"] = [{"name": "mlp", "kwargs": {"hidden": [48, 48]}}]
-    suite["train"]["epochs"] = 1
+    suite["train"]["epochs"] = 4
     suite["methods"] = [{"name": name} for name in method_names()]
     suite["latency"].update(paired_rounds=4, paired_min_rounds=2, paired_calls=1)
     path = tmp_path_factory.mktemp("suite") / "every-method.yaml"
@@ -52,7 +52,7 @@ def test_every_method_gives_the_same_figures_twice(every_method_suite, two_runs)
             assert c.status == "same", (c.label, c.differences)
     # the figures compared exist: a check of missing values would prove nothing
     rec = ResultStore(two_runs[0]).load(next(c.cell_id for c in checks if c.method == "svd"))
-    assert rec["metrics"]["top1"] > 0.5 and rec["method_info"]["ranks"]
+    assert rec["metrics"]["top1"] > 0.3 and rec["method_info"]["ranks"]
 
 
 def test_verify_recomputes_committed_cells_and_names_a_changed_figure(

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.executors import make_executor, threads_per_worker
-from bench.executors.ray import ray_available
+from bench.run.executors import make_executor, threads_per_worker
+from bench.run.executors.ray import ray_available
 
 PLUGINS = "tests.failing_methods"
 

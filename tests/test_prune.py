@@ -114,3 +114,45 @@ def test_two_head_micro_vit_keeps_a_head_at_a_tight_budget():
     assert out.blocks[0].attn.num_heads >= 1
     assert out(torch.randn(2, *shape)).shape == (2, 5)
     assert measure_cost(out, shape).macs <= 0.125 * ctx.dense_cost.macs
+
+
+@pytest.mark.parametrize("embed_dim", [32, 16])  # 16 patches: more channels, or as many
+def test_token_mixing_mlps_are_left_unpruned(embed_dim):
+    """The dependency graph takes a Mixer's token-mixing Linears (fed x.transpose(1, 2)) for
+    channel layers; their groups are skipped instead of crashing inside Torch-Pruning."""
+    from timm.models.mlp_mixer import MlpMixer
+
+    from methods.prune import PruneParams, prune_once, unprunable_layers
+
+    torch.manual_seed(0)
+    model = MlpMixer(num_classes=5, img_size=32, patch_size=8, embed_dim=embed_dim,
+                     num_blocks=1).eval()
+    skip, cause = unprunable_layers(model, (3, 32, 32))
+    assert "blocks.0.mlp_tokens.fc1" in cause and "blocks.0.mlp_tokens.fc2" in skip
+    for method in (PruneL1, PruneGroup, PruneRandom):
+        pruned = prune_once(copy.deepcopy(model), 0.5, method.importance, (3, 32, 32),
+                            PruneParams(), skip=skip)
+        tokens = pruned.blocks[0].mlp_tokens
+        assert tokens.fc1.in_features == 16 and tokens.fc2.out_features == 16
+        assert pruned.blocks[0].mlp_channels.fc1.out_features < 4 * embed_dim
+        assert pruned(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
+
+
+def test_a_pruned_model_that_still_breaks_is_refused_with_a_value_error():
+    """A layer fed a transposed-then-reshaped tensor escapes the checks: the pruned copy's
+    forward fails, and that is a NotApplicableError (a ValueError) naming the method."""
+    import bench
+
+    class Toy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 5)
+
+        def forward(self, x):
+            h = self.a(x)
+            t = h.transpose(1, 2).reshape(h.shape[0], h.shape[2], h.shape[1])
+            return self.head((h + self.b(t)).mean(1))
+
+    with pytest.raises(ValueError, match="prune-l1: Torch-Pruning's dependency graph cannot"):
+        bench.compress(Toy(), "prune-l1", macs=0.5, example_input=torch.zeros(1, 8, 8),
+                       method_params=FAST)

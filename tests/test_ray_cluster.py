@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.executors.ray import ray_available
+from bench.run.executors.ray import ray_available
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not ray_available(), reason="Ray is not installed: "

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bench.executors.local import LocalExecutor
+from bench.run.executors.local import LocalExecutor
 from bench.threads import OVERRIDE_ENV, apply_training_threads, training_threads
 
 

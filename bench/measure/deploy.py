@@ -92,6 +92,34 @@ def paired_all(model: nn.Module, reference: nn.Module, input_shape: tuple[int, .
                        warmup=spec.warmup, device=device)
 
 
+def runtimes_all(model: nn.Module, reference: nn.Module, input_shape: tuple[int, ...],
+                 spec: LatencySettings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(``{runtime: {b<batch>: entry}}``, ``{runtime: info}``) for each non-eager runtime
+    of the suite, timed paired on the CPU like eager; a runtime that cannot take the model
+    has an info with its state and error and no entries."""
+    from bench.measure.runtimes import time_runtime
+
+    entries: dict[str, Any] = {}
+    infos: dict[str, Any] = {}
+    for runtime in getattr(spec, "runtimes", ("eager",)):
+        if runtime == "eager":
+            continue
+        got, info = time_runtime(
+            model, reference, input_shape, spec.batch_sizes, runtime, threads=spec.threads,
+            graph_optimization=getattr(spec, "ort_graph_optimization", "all"),
+            rounds=getattr(spec, "paired_rounds", DEFAULT_ROUNDS),
+            calls=getattr(spec, "paired_calls", DEFAULT_CALLS),
+            min_rounds=getattr(spec, "paired_min_rounds", None),
+            target_rel=getattr(spec, "paired_target_rel", None),
+            floor_rel=getattr(spec, "paired_floor_rel", 0.0), warmup=spec.warmup)
+        if got is None:
+            log.warning("runtime %s: %s: %s", runtime, info.get("state"), info.get("error"))
+        else:
+            entries[runtime] = got
+        infos[runtime] = info
+    return entries, infos
+
+
 def breakdown_pair(model: nn.Module, reference: nn.Module, input_shape: tuple[int, ...],
                    threads: int) -> dict[str, Any]:
     """``{"model": categories, "reference": categories}`` at batch 1 on CPU (copies)."""
@@ -119,7 +147,10 @@ def measure_deployable(model: nn.Module, input_shape: tuple[int, ...],
     With a ``reference`` (the dense architecture; a deep copy of the model for
     the dense row itself, which makes its entry an A/A check): ``latency_paired``
     per measured device (``cpu``, and ``cuda`` when timed) and
-    ``latency_breakdown``. Neither model passed in is moved or modified.
+    ``latency_breakdown``; with non-eager ``runtimes`` in the spec,
+    ``latency_paired_runtimes`` (``{runtime: {b<batch>: entry}}``, CPU) and
+    ``runtime_info`` (versions, settings, state and error per runtime; see
+    bench.measure.runtimes). Neither model passed in is moved or modified.
     """
     params = count_params(model)
     macs = mac_report(model, input_shape)
@@ -150,6 +181,10 @@ def measure_deployable(model: nn.Module, input_shape: tuple[int, ...],
         devices = ["cpu"] + (["cuda"] if out["cuda_status"] == "measured" else [])
         out["latency_paired"] = {d: paired_all(model, reference, input_shape, latency_spec, d)
                                  for d in devices}
+        if any(r != "eager" for r in getattr(latency_spec, "runtimes", ("eager",))):
+            entries, infos = runtimes_all(model, reference, input_shape, latency_spec)
+            out["latency_paired_runtimes"] = entries
+            out["runtime_info"] = infos
         out["latency_breakdown"] = breakdown_pair(model, reference, input_shape,
                                                   latency_spec.threads)
     out["cpu_peak_rss_mb_approx"] = _max_of(latency, "cpu", "cpu_peak_rss_delta_mb_approx")

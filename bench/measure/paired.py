@@ -32,6 +32,11 @@ soon as the (floored) interval's half-width is within ``target_rel`` of the
 median, or at ``rounds``. Small, steady models stop early; noisy ones use the
 whole budget and keep the wider interval.
 
+Either side may be a prepared runtime instead of a module: any object with a
+``fresh()`` method returning a callable on a batch (see
+bench.measure.runtimes: a torch.compile'd copy, an onnxruntime session). Its
+``fresh()`` is what a refresh calls instead of a deep copy.
+
 CPU calls are timed with ``time.perf_counter``; CUDA calls with a CUDA event
 pair, waiting on the end event. The 1-minute load average at the start and
 end of each batch size is recorded beside the figures.
@@ -47,7 +52,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -59,6 +64,25 @@ DEFAULT_ROUNDS = 20
 DEFAULT_CALLS = 5
 NOISY_REL = 0.10
 DEFAULT_REFRESH = 2  # ABBA blocks between fresh copies of both sides
+DEFAULT_FLOOR_REL = 0.02  # an A/A pair's resolution on a 2-core CPU (suite default too)
+
+
+@runtime_checkable
+class FreshSide(Protocol):
+    """A side of the paired timing prepared outside torch eager (a runtime)."""
+
+    def fresh(self) -> Callable[[torch.Tensor], Any]:
+        """A callable on one batch, placed anew (a new session, or the prepared copy)."""
+        ...
+
+
+Side = nn.Module | FreshSide
+
+
+def _fresh(side: Side, device: str) -> Callable[[torch.Tensor], Any]:
+    if isinstance(side, nn.Module):
+        return copy.deepcopy(side).eval().to(device)
+    return side.fresh()
 
 
 def load_avg_1m() -> float | None:
@@ -125,17 +149,17 @@ def side_stats(samples_ms: Sequence[float]) -> dict[str, Any]:
             "iqr_ms": percentile(s, 75) - percentile(s, 25), "n": len(s)}
 
 
-def _cpu_call_timer(fn: nn.Module, x: torch.Tensor) -> float:
+def _cpu_call_timer(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> float:
     t0 = time.perf_counter()
     fn(x)
     return (time.perf_counter() - t0) * 1000.0
 
 
-def _cuda_call_timer() -> Callable[[nn.Module, torch.Tensor], float]:
+def _cuda_call_timer() -> Callable[[Callable, torch.Tensor], float]:
     begin = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
 
-    def timed(fn: nn.Module, x: torch.Tensor) -> float:
+    def timed(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> float:
         begin.record()
         fn(x)
         end.record()
@@ -164,7 +188,7 @@ def _resolve_inputs(inputs: tuple[int, ...] | torch.Tensor, batch_sizes: Sequenc
     return [(int(bs), make(int(bs))) for bs in batch_sizes]
 
 
-def time_paired(model: nn.Module, reference: nn.Module,
+def time_paired(model: Side, reference: Side,
                 inputs: tuple[int, ...] | torch.Tensor, batch_sizes: Sequence[int] | None,
                 threads: int | None = 1, rounds: int = DEFAULT_ROUNDS,
                 calls: int = DEFAULT_CALLS, warmup: int = 3, device: str = "cpu",
@@ -183,7 +207,8 @@ def time_paired(model: nn.Module, reference: nn.Module,
     ``target_rel`` of the median. Each entry: ``model``/``reference``
     p50/p90/IQR/n over all timed calls, ``speedup`` (reference / model, median
     over ABBA blocks, interval, noisy flag, rounds, blocks, why it stopped),
-    ``load_avg`` [start, end] and ``threads``.
+    ``load_avg`` [start, end] and ``threads``. ``model`` and ``reference`` may
+    also be prepared runtimes (objects with ``fresh()``, see `FreshSide`).
     """
     if rounds < 2 or calls < 1:
         raise ValueError(f"paired timing needs rounds >= 2 and calls >= 1; got rounds={rounds}, "
@@ -202,7 +227,7 @@ def time_paired(model: nn.Module, reference: nn.Module,
     try:
         timer = _cuda_call_timer() if cuda else _cpu_call_timer
         state = {f"b{bs}": _BatchState(make(device)) for bs, make in batches}
-        sides: dict[str, nn.Module] = {}
+        sides: dict[str, Callable[[torch.Tensor], Any]] = {}
         block = 0
         with torch.inference_mode():
             while True:
@@ -211,7 +236,7 @@ def time_paired(model: nn.Module, reference: nn.Module,
                 if not active:
                     break
                 if block % refresh == 0:  # fresh copies: another memory placement
-                    sides = {k: copy.deepcopy(m).eval().to(device) for k, m in originals.items()}
+                    sides = {k: _fresh(m, device) for k, m in originals.items()}
                     _warm(sides, [s.x for s in active], warmup if block == 0 else 1, cuda)
                 for s in active:
                     if s.load_start is None:
@@ -224,7 +249,8 @@ def time_paired(model: nn.Module, reference: nn.Module,
         torch.set_num_threads(old_threads)
 
 
-def _warm(sides: dict[str, nn.Module], xs: list[torch.Tensor], n: int, cuda: bool) -> None:
+def _warm(sides: dict[str, Callable[[torch.Tensor], Any]], xs: list[torch.Tensor], n: int,
+          cuda: bool) -> None:
     for x in xs:  # first calls: lazy initialisation, caches
         for name in ("model", "reference"):
             for _ in range(max(n, 1)):
@@ -267,8 +293,8 @@ class _BatchState:
                 "threads": torch.get_num_threads()}
 
 
-def _abba_block(sides: dict[str, nn.Module], s: _BatchState,
-                timer: Callable[[nn.Module, torch.Tensor], float], calls: int) -> None:
+def _abba_block(sides: dict[str, Callable[[torch.Tensor], Any]], s: _BatchState,
+                timer: Callable[[Callable, torch.Tensor], float], calls: int) -> None:
     """Two rounds, model first then reference first, GC paused.
 
     One untimed call of the reference, then of the model, comes first: the block

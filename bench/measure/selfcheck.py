@@ -32,7 +32,7 @@ from torch import nn
 
 from bench.measure.environment import cpu_cores_available, cpu_model
 from bench.measure.latency import time_model
-from bench.measure.paired import time_paired
+from bench.measure.paired import DEFAULT_FLOOR_REL, time_paired
 
 
 def _convnet(width: int = 32) -> nn.Module:
@@ -116,11 +116,14 @@ def check(model: nn.Module, shape: tuple[int, ...], batch: int,
 
 def aa_check(model: nn.Module, shape: tuple[int, ...], batches: list[int], device: str = "cpu",
              threads: int = 1, rounds: int = 30, calls: int = 5,
-             warmup: int = 10) -> dict[str, dict[str, Any]]:
-    """The model timed against a deep copy of itself: ``time_paired`` entries per batch."""
+             warmup: int = 10,
+             floor_rel: float = DEFAULT_FLOOR_REL) -> dict[str, dict[str, Any]]:
+    """The model timed against a deep copy of itself: ``time_paired`` entries per batch,
+    with the suites' default resolution floor."""
     model = model.eval().to(device)
     return time_paired(model, copy.deepcopy(model), shape, batches, threads=threads,
-                       rounds=rounds, calls=calls, warmup=warmup, device=device)
+                       rounds=rounds, calls=calls, warmup=warmup, device=device,
+                       floor_rel=floor_rel)
 
 
 def format_aa(entries: dict[str, dict[str, Any]]) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.record import metric_columns
+from bench.record import RUNTIME_LABELS, metric_columns
 from bench.report.scores import area_scores, iso_accuracy
 from bench.report.stats import estimate, infer_test_size, tie_ranks
 
@@ -78,6 +78,10 @@ def make_entries(cells: pd.DataFrame, batches: dict[str, list[str]], reference: 
             row["state"], row["detail"] = ("over budget" if row["over_budget"] else "ok"), ""
             row["est"] = estimate(ok.top1.tolist(), test_n)
         for m, col, _, _ in lb:
+            if m.name.startswith("runtime_"):  # a runtime's state or error: text
+                text = [v for v in ok[col] if isinstance(v, str)] if col in ok else []
+                row[col] = text[0] if text else None
+                continue
             row[col] = _agg(ok[col], m.agg) if len(ok) and col in ok else math.nan
         row["over_by"] = float(ok.budget_over_by.max()) if len(ok) else math.nan
         noisy = [c for c in ok.columns if c.endswith("_noisy")]
@@ -147,7 +151,9 @@ def analyse_group(cells: pd.DataFrame, batches: dict[str, list[str]], reference:
                              "title": tier_title(members[0]["metric"], members[0]["ratio"]),
                              "entries": within + over + absent})
     scores, macs_range, lat_range = curve_scores(entries, len(ranked_tiers), dense_acc)
-    return {"cpu_b": cpu_b, "cuda_b": batches.get("cuda", []), "test_n": test_n, "ref": d,
+    runtimes = {rt: batches[rt] for rt in RUNTIME_LABELS if batches.get(rt)}
+    return {"cpu_b": cpu_b, "cuda_b": batches.get("cuda", []), "runtime_b": runtimes,
+            "test_n": test_n, "ref": d,
             "seeds": int(cells.seed.nunique()), "entries": entries, "tiers": ranked_tiers,
             "scores": scores, "macs_range": macs_range, "latency_range": lat_range,
             "dense_acc": dense_acc, "common_steps": common_steps}

@@ -93,6 +93,8 @@ def _points(a: dict) -> pd.DataFrame:
     keep += [f"cpu_{b}_{s}" for b in a["cpu_b"] for s in ("ms", "p25_ms", "p75_ms")]
     keep += [f"speedup_{b}{s}" for b in a["cpu_b"] for s in ("", "_lo", "_hi")]
     keep += [f"cuda_{b}_ms" for b in a["cuda_b"]]
+    keep += [f"speedup_{rt}_{b}{s}" for rt, keys in a.get("runtime_b", {}).items()
+             for b in keys for s in ("", "_lo", "_hi")]
     rows = []
     for e in a["entries"]:
         if e["est"] is None:
@@ -160,7 +162,8 @@ def analyse(manifest: Manifest, records: list[Record], out_dir: Path) -> dict:
             stem += "-x"
         used.add(stem)
         plots = group_plots(_points(a), a["cpu_b"], f"{model} on {dataset}", colors,
-                            out_dir, stem, cuda_batches=a["cuda_b"])
+                            out_dir, stem, cuda_batches=a["cuda_b"],
+                            runtime_batches=a.get("runtime_b"))
         seeds = int(cells.seed.nunique())
         g = {"model": model, "dataset": dataset, "anchor": stem, "seeds": seeds,
              "columns": present.columns(a), "noise": present.noise_note(a, seeds),

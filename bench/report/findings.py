@@ -11,7 +11,7 @@ there is, not just the direction.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -213,6 +213,86 @@ def method_details(records: list[dict]) -> list[str]:
     return lines
 
 
+RUNTIME_RULE = (
+    "Speedup under each deployment runtime against eager, per cell at the largest batch "
+    "timed under both (both sides prepared the same way, paired rounds): **reverses** when "
+    "eager's median speedup and the runtime's whole 95% interval lie on opposite sides of "
+    "1.0 (a speedup turned slowdown, or the reverse; checked first); **grows** when the "
+    "runtime's interval lies wholly above eager's median; **shrinks** when it lies wholly "
+    "below; **holds** when it contains eager's median. A method's word is its most common "
+    "verdict over its cells (mixed on a tie).")
+
+
+def runtime_verdict(eager_median: float, lo: float, hi: float) -> str:
+    """reverses / grows / shrinks / holds: a runtime's speedup interval [lo, hi] against
+    eager's median speedup of the same cell (see RUNTIME_RULE)."""
+    if (eager_median > 1.0 and hi < 1.0) or (eager_median < 1.0 and lo > 1.0):
+        return "reverses"
+    if lo > eager_median:
+        return "grows"
+    if hi < eager_median:
+        return "shrinks"
+    return "holds"
+
+
+def _largest_common(eager: dict, other: dict) -> str | None:
+    keys = [k for k in other if k in eager and isinstance(other[k], dict)
+            and isinstance(eager[k], dict)]
+    return max(keys, key=lambda k: (len(k), k)) if keys else None
+
+
+def runtime_findings(records: list[dict], reference: str = "dense") -> list[str]:
+    """One line per (method, runtime): how its speedup under the runtime compares with
+    eager's (RUNTIME_RULE), with the counts and the medians; cells the runtime could
+    not take are counted by state. Empty when no record timed a runtime beside eager."""
+    verdicts: dict[tuple[str, str], list[str]] = defaultdict(list)
+    speeds: dict[tuple[str, str], list[tuple[float, float, str]]] = defaultdict(list)
+    states: dict[tuple[str, str], list[str]] = defaultdict(list)
+    seen = False
+    for r in records:
+        if not _usable(r) or r.get("method") == reference:
+            continue
+        m = r["metrics"]
+        eager = (m.get("latency_paired") or {}).get("cpu") or {}
+        timed = m.get("latency_paired_runtimes") or {}
+        for rt, info in sorted((m.get("runtime_info") or {}).items()):
+            seen = True
+            key = (r["method"], rt)
+            state = (info or {}).get("state", "measured")
+            if state != "measured" or rt not in timed:
+                states[key].append(state)
+                continue
+            b = _largest_common(eager, timed[rt])
+            e_sp = (eager.get(b) or {}).get("speedup") if b else None
+            r_sp = (timed[rt].get(b) or {}).get("speedup") if b else None
+            if not e_sp or not r_sp or r_sp.get("ci_low") is None:
+                continue
+            verdicts[key].append(runtime_verdict(e_sp["median"], r_sp["ci_low"],
+                                                 r_sp["ci_high"]))
+            speeds[key].append((r_sp["median"], e_sp["median"], b))
+    if not seen:
+        return []
+    lines = []
+    for key in sorted(set(verdicts) | set(states)):
+        method, rt = key
+        v = verdicts.get(key, [])
+        parts = []
+        if v:
+            counts = Counter(v).most_common()
+            top = [w for w, n in counts if n == counts[0][1]]
+            word = top[0] if len(top) == 1 else "mixed"
+            med_rt = sorted(x[0] for x in speeds[key])[len(speeds[key]) // 2]
+            med_e = sorted(x[1] for x in speeds[key])[len(speeds[key]) // 2]
+            batch = sorted({x[2] for x in speeds[key]}, key=lambda k: (len(k), k))
+            parts.append(f"**{word}** ({', '.join(f'{n} {w}' for w, n in counts)} of {len(v)} "
+                         f"cells; median speedup {med_rt:.2f}× under {rt} vs {med_e:.2f}× "
+                         f"eager, batch {'/'.join(b[1:] for b in batch)})")
+        for state, n in Counter(states.get(key, [])).most_common():
+            parts.append(f"{state} in {n} cell{'s' if n > 1 else ''}")
+        lines.append(f"{method} under {rt}: " + "; ".join(parts))
+    return lines
+
+
 def render_findings(records: list[dict], reference: str = "dense") -> str:
     """The Markdown "Findings" section of a report."""
     out = ["## Findings", "", "Generated from the records. Leaders at each budget "
@@ -227,6 +307,9 @@ def render_findings(records: list[dict], reference: str = "dense") -> str:
                    f"{len(c.contradicted)} contradicted, {len(c.undecided)} undecided of {n}).")
         for line in (c.supported + c.contradicted + c.undecided)[:8]:
             out.append(f"  - {line}")
+    runtime_lines = runtime_findings(records, reference)
+    if runtime_lines:
+        out += ["", RUNTIME_RULE, ""] + [f"- {line}" for line in runtime_lines]
     warn = undertrained(records, reference)
     if warn:
         out += ["", "Warnings:", ""] + [f"- {w}" for w in warn]

@@ -223,9 +223,82 @@ def speedup_vs_theoretical(points: pd.DataFrame, batches: list[str], title: str,
     return _save(fig, out_dir, stem)
 
 
+RUNTIME_TITLES = {"eager": "eager PyTorch", "compile": "torch.compile (inductor)",
+                  "onnxruntime": "onnxruntime (CPU)"}
+
+
+def speedup_by_runtime(points: pd.DataFrame, runtimes: dict[str, list[str]], title: str,
+                       colors: dict, out_dir: Path, stem: str) -> tuple[str, str]:
+    """Measured paired CPU speedup against the MACs ratio, one panel per runtime.
+
+    `runtimes` maps a runtime to its batch keys ("eager" -> speedup_<b>
+    columns, any other -> speedup_<runtime>_<b>); one marker shape per batch
+    size, the paired 95% interval as error bars, the dashed curve 1 / MACs
+    ratio (what the MACs promise) and a line at 1 (no speedup). Panels share
+    both axes, so a runtime that turns a saving into a slowdown stands out.
+    """
+    names = list(runtimes)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names) + 1.6, 3.9),
+                             sharex=True, sharey=True, squeeze=False)
+    markers = ["o", "s", "^", "D", "v"]
+    sub = points[~points.ref.astype(bool) & points.macs_ratio.notna() & (points.macs_ratio > 0)]
+    ylo, yhi, xlo = 1.0, 1.0, 1.0
+    labelled: set[str] = set()
+    for ax, rt in zip(axes[0], names):
+        for bi, b in enumerate(runtimes[rt]):
+            col = f"speedup_{b}" if rt == "eager" else f"speedup_{rt}_{b}"
+            if col not in sub:
+                continue
+            have = sub[sub[col].notna() & (sub[col] > 0)]
+            for method in _ordered(have.method, colors):
+                g = have[have.method == method]
+                color = method_style(method)[0]
+                lo_c, hi_c = f"{col}_lo", f"{col}_hi"
+                if lo_c in g and g[lo_c].notna().any():
+                    err = np.vstack([(g[col] - g[lo_c]).clip(lower=0).fillna(0).to_numpy(float),
+                                     (g[hi_c] - g[col]).clip(lower=0).fillna(0).to_numpy(float)])
+                    ax.errorbar(g.macs_ratio, g[col], yerr=err, fmt="none", ecolor=color,
+                                capsize=2, lw=1, zorder=3)
+                label = _text(method) if method not in labelled else None
+                labelled.add(method)
+                ax.scatter(g.macs_ratio, g[col], marker=markers[bi % len(markers)], s=32,
+                           color=color, zorder=4, label=label)
+                ylo, yhi = min(ylo, float(g[col].min())), max(yhi, float(g[col].max()))
+                xlo = min(xlo, float(g.macs_ratio.min()))
+        ax.set_title(RUNTIME_TITLES.get(rt, rt), fontsize=9)
+        ax.axhline(1.0, color="0.55", lw=0.9, zorder=2)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.set_xlabel("MACs relative to dense ↓")
+    xs = np.geomspace(xlo / 1.2, 1.2, 50)
+    for ax in axes[0]:
+        ax.plot(xs, 1.0 / xs, ls="--", color="0.35", lw=1.1, zorder=2,
+                label="1 / MACs ratio (ideal)" if ax is axes[0][0] else None)
+    ymin, ymax = min(ylo, 1.0 / 1.2) / 1.3, max(yhi, 1.0 / xlo) * 1.3
+    first = axes[0][0]
+    first.set_ylim(ymin, ymax)
+    _log_axis(first, "x", 2)
+    _log_axis(first, "y", 2)
+    first.set_ylabel("measured paired speedup ↑")
+    shapes = sorted({b for keys in runtimes.values() for b in keys}, key=lambda k: (len(k), k))
+    for bi, b in enumerate(shapes):
+        first.scatter([], [], marker=markers[bi % len(markers)], s=32, color="0.45",
+                      label=f"batch {b[1:]}")
+    fig.suptitle(_text(title), fontsize=10)
+    handles, labels = [], []
+    for ax in axes[0]:
+        h, lab = ax.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    axes[0][-1].legend(handles, labels, fontsize=8, loc="upper left",
+                       bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
+    return _save(fig, out_dir, stem)
+
+
 def group_plots(points: pd.DataFrame, batches: list[str], title: str, colors: dict,
-                out_dir: Path, stem: str, cuda_batches: list[str] | None = None) -> list[Plot]:
-    """The plots of one model x dataset (a GPU one where measured); names start with the kind."""
+                out_dir: Path, stem: str, cuda_batches: list[str] | None = None,
+                runtime_batches: dict[str, list[str]] | None = None) -> list[Plot]:
+    """The plots of one model x dataset (a GPU one where measured, one of the speedup under
+    each deployment runtime where more than eager was timed); names start with the kind."""
     plots = []
     png, svg = accuracy_vs(points, "macs_ratio", "MACs relative to dense (log scale) ↓",
                            f"accuracy vs MACs: {title}", colors, out_dir,
@@ -248,6 +321,15 @@ def group_plots(points: pd.DataFrame, batches: list[str], title: str, colors: di
         png, svg = speedup_vs_theoretical(points, batches, f"speedup: {title}", colors,
                                           out_dir, f"speedup-{stem}")
         plots.append(Plot("speedup", "measured vs theoretical speedup", png, svg))
+    runtimes = {rt: keys for rt, keys in (runtime_batches or {}).items()
+                if any(f"speedup_{rt}_{b}" in points and points[f"speedup_{rt}_{b}"].notna().any()
+                       for b in keys)}
+    if runtimes and batches:
+        png, svg = speedup_by_runtime(points, {"eager": batches, **runtimes},
+                                      f"speedup by runtime: {title}", colors, out_dir,
+                                      f"speedup-runtimes-{stem}")
+        plots.append(Plot("speedup-runtimes", "measured speedup vs MACs, per runtime",
+                          png, svg))
     if cuda_batches and points[f"cuda_{cuda_batches[0]}_ms"].notna().any():
         latency_plot("cuda", "GPU", "gpu-latency", "acc-vs-gpu-latency", cuda_batches[0])
     return plots

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bench.record import Metric, metric_columns
+from bench.record import RUNTIME_LABELS, Metric, metric_columns
 from bench.report.analysis import missing, tier_title
 from bench.report.stats import Estimate
 
@@ -57,10 +57,14 @@ def ci_tip(est: Estimate) -> str:
 
 def leaderboard_metrics(a: dict) -> list[tuple[Metric, str, str]]:
     """(metric, column, batch) shown in a group's leaderboards: per-batch metrics at the
-    smallest and largest CPU batch and the smallest GPU batch."""
-    cpu = a["cpu_b"][:1] + a["cpu_b"][-1:] if len(a["cpu_b"]) > 1 else a["cpu_b"]
-    return [(m, col, b) for m, col, _, b in
-            metric_columns({"cpu": cpu, "cuda": a["cuda_b"][:1]}, "leaderboard")]
+    smallest and largest CPU batch (and so for each deployment runtime timed) and the
+    smallest GPU batch."""
+    def ends(keys: list[str]) -> list[str]:
+        return keys[:1] + keys[-1:] if len(keys) > 1 else list(keys)
+
+    shown = {"cpu": ends(a["cpu_b"]), "cuda": a["cuda_b"][:1],
+             **{rt: ends(keys) for rt, keys in a.get("runtime_b", {}).items()}}
+    return [(m, col, b) for m, col, _, b in metric_columns(shown, "leaderboard")]
 
 
 def metric_cell(m: Metric, col: str, b: str, e: dict) -> tuple[str, str]:
@@ -71,13 +75,20 @@ def metric_cell(m: Metric, col: str, b: str, e: dict) -> tuple[str, str]:
         return GAP, ""
     if m.name == "macs_ratio" and e["over_budget"]:
         text += f" ⚠ +{e['over_by']:.3f}"
-    if m.name == "speedup_{b}" and not missing(v):
+    runtime = m.per_batch if m.per_batch in RUNTIME_LABELS else None
+    if runtime and m.name == f"speedup_{runtime}_{{b}}" and missing(v):
+        state = e.get(f"runtime_{runtime}_state")
+        if state and state != "measured":  # not exportable, not compilable, ...
+            return state, one_line(e.get(f"runtime_{runtime}_error") or state)
+    if m.name in ("speedup_{b}", f"speedup_{runtime}_{{b}}") and not missing(v):
         text += "×"
-        lo, hi = e.get(f"speedup_{b}_lo"), e.get(f"speedup_{b}_hi")
-        if e.get(f"speedup_{b}_paired") and not missing(lo) and not missing(hi):
+        lo, hi = e.get(f"{col}_lo"), e.get(f"{col}_hi")
+        if (runtime or e.get(f"speedup_{b}_paired")) and not missing(lo) and not missing(hi):
             text += f" [{lo:.2f}, {hi:.2f}]"
             tip = "paired rounds against the reference: median and 95% interval"
-            if e["noisy"].get(b):
+            if runtime:
+                tip = (f"both under {runtime}, " + tip)
+            if e["noisy"].get(col[len("speedup_"):]):
                 text += " noisy"
                 tip += "; flagged noisy (machine load changed or rounds disagree)"
         else:

@@ -84,7 +84,8 @@ def record_view(records: list[Record], kinds: dict[str, str] | None = None,
 def tidy_table(view: pd.DataFrame, batches: dict[str, list[str]]) -> pd.DataFrame:
     """The CSV a reader loads: one row per cell, the CSV metrics of the table, config first
     (`state` says ok, over budget, failed or not_applicable; dates live in the records)."""
-    metric_cols = [col for _, col, _, _ in metric_columns(batches, "csv") if col in view]
+    metric_cols = [col for m, col, _, _ in metric_columns(batches, "csv") if col in view
+                   and not (m.optional and view[col].isna().all())]
     cols = [c for c in CONFIG_COLUMNS if c in view and c != "status"] + metric_cols + \
         [c for c in CSV_TAIL if c in view and c != "created"]
     return view[cols]

@@ -6,9 +6,12 @@
 - ``pipeline``: one cell, compress -> fine-tune -> evaluate -> measure, and its record.
 - ``worker``: runs the cells of one group inside whatever process an executor chose.
 - ``driver``: one ``run``: claims groups, feeds an executor, times pending cells.
+- ``executors``: where groups run (serial, local worker processes, Ray); each
+  hands a :class:`GroupTask` to ``worker.execute_group`` and passes its events back.
 - ``plan``: grouping, cell states and the dry run.
 
-Imports flow one way: ``driver`` -> executors -> ``worker`` -> ``pipeline`` ->
-``stages``; nothing here imports the reports. The package itself re-exports
+Imports flow one way: ``driver`` -> ``executors`` -> ``worker`` -> ``pipeline`` ->
+``stages``, with ``tasks`` below them all; nothing here imports the reports, and
+nothing outside ``driver`` imports ``executors``. The package itself re-exports
 nothing, so an executor importing ``worker`` never pulls in the driver.
 """

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from bench.cells import Cell, content_hash, expand
-from bench.executors import Event, Executor, GroupTask, make_executor
 from bench.manifest import write_manifest
 from bench.progress import CellLog, SuiteProgress
 from bench.run.errors import WorkerDiedError
+from bench.run.executors import Event, Executor, GroupTask, make_executor
 from bench.run.pipeline import CellPipeline, PendingCell, failed_record
 from bench.run.plan import cell_state, group_cells
 from bench.run.stages import GroupStages, default_device

@@ -81,6 +81,9 @@ def measure_ms(module: nn.Module, in_shape: tuple[int, ...], batch: int, threads
                       min_seconds=0.01).median_ms
 
 
+DEFAULT_TIMER = measure_ms  # timings of this timer may be cached on disk; a test's may not
+
+
 def paired_timings(dense: nn.Module, candidates: dict[int, nn.Module], in_shape: tuple[int, ...],
                    batches: list[int], rounds: int, threads: int,
                    timer: Callable[..., float] | None = None) -> LayerTimings:

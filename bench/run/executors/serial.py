@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bench.executors.base import Executor, GroupTask, Handler
+from bench.run.executors.base import Executor, GroupTask, Handler
 
 
 class SerialExecutor(Executor):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from bench.executors.base import (
+from bench.run.executors.base import (
     Event,
     Executor,
     GroupTask,

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bench.executors.base import Event, Executor, GroupTask, Handler
+from bench.run.executors.base import Event, Executor, GroupTask, Handler
 from bench.threads import available_cpus, load_1m, threads_override, training_threads
 
 _POLL_S = 0.5
