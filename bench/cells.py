@@ -46,6 +46,9 @@ class Cell(BaseModel):
     train: TrainBudget
     finetune: TrainBudget
     latency: LatencySpec
+    # With a suite's ``recovery`` axis: {"epochs": this cell's budget, "budgets": all of
+    # them, "lr_grid": the recovery lrs tuned per row}; ``finetune.epochs`` is the budget.
+    recovery: dict[str, Any] | None = None
 
     @property
     def target_obj(self) -> Target | None:
@@ -74,15 +77,42 @@ class Cell(BaseModel):
 
     @property
     def id(self) -> str:
-        return content_hash({"v": HARNESS_VERSION, "base": self.baseline_key(),
-                             "method": self.method, "params": self.params,
-                             "target": self.target,
-                             "finetune": self.finetune.model_dump(mode="json"),
-                             "latency": self.latency.model_dump(mode="json")})
+        content = {"v": HARNESS_VERSION, "base": self.baseline_key(),
+                   "method": self.method, "params": self.params,
+                   "target": self.target,
+                   "finetune": self.finetune.model_dump(mode="json"),
+                   "latency": self.latency.model_dump(mode="json")}
+        if self.recovery is not None:  # absent without the axis: those ids stay as they were
+            content["recovery"] = self.recovery
+        return content_hash(content)
+
+    @property
+    def recovery_epochs(self) -> int | None:
+        return None if self.recovery is None else int(self.recovery["epochs"])
+
+    def family_key(self) -> str:
+        """The row this cell belongs to, whatever its recovery budget: the cells that share
+        one compression (or one training) and one lr choice."""
+        finetune = self.finetune.model_dump(mode="json")
+        finetune.pop("epochs", None)
+        recovery = {k: v for k, v in (self.recovery or {}).items() if k != "epochs"}
+        return content_hash({"base": self.baseline_key(), "method": self.method,
+                             "params": self.params, "target": self.target,
+                             "finetune": finetune, "recovery": recovery})
+
+    def at_recovery(self, epochs: int, lr: float | None = None) -> Cell:
+        """This row at another recovery budget (and, for running it, with the chosen lr)."""
+        update: dict[str, Any] = {"epochs": epochs}
+        if lr is not None:
+            update["lr"] = lr
+        return self.model_copy(update={
+            "finetune": self.finetune.model_copy(update=update),
+            "recovery": {**(self.recovery or {}), "epochs": epochs}})
 
     def describe(self) -> str:
+        recovery = "" if self.recovery is None else f" recovery={self.recovery['epochs']}ep"
         return (f"{self.model.display}/{self.dataset.display} seed={self.seed} "
-                f"{self.method_label} {self.target_label}")
+                f"{self.method_label} {self.target_label}{recovery}")
 
 
 def method_label(name: str, label: str | None, params: dict, grid_keys: list[str]) -> str:
@@ -107,6 +137,17 @@ def bind_target(cls: type, params: dict, target: dict[str, float] | None) -> dic
     return cls.Params(**bind(dict(params), dict(target))).model_dump(mode="json")
 
 
+def recovery_budgets(suite: Suite) -> list[tuple[TrainBudget, dict[str, Any] | None]]:
+    """(fine-tune budget, the cell's ``recovery``) per recovery budget of the suite: the
+    ``finetune`` block alone without the axis."""
+    if suite.recovery is None:
+        return [(suite.finetune, None)]
+    rec = suite.recovery
+    return [(suite.finetune.model_copy(update={"epochs": e}),
+             {"epochs": e, "budgets": list(rec.epochs), "lr_grid": list(rec.lr_grid)})
+            for e in rec.epochs]
+
+
 def expand(suite: Suite) -> list[Cell]:
     """All cells of a suite, grouped by (model, dataset, seed) in a stable order."""
     cells: list[Cell] = []
@@ -120,12 +161,12 @@ def expand(suite: Suite) -> list[Cell]:
                         full = cls.Params(**params).model_dump(mode="json")
                         label = method_label(spec.name, spec.label, params, sorted(spec.grid))
                         for target in (targets if cls.uses_target else [None]):
-                            cells.append(Cell(
-                                model=model, dataset=dataset, seed=seed, method=spec.name,
-                                method_label=label, params=bind_target(cls, full, target),
-                                target=target,
-                                train=suite.train, finetune=suite.finetune,
-                                latency=suite.latency))
+                            for finetune, recovery in recovery_budgets(suite):
+                                cells.append(Cell(
+                                    model=model, dataset=dataset, seed=seed, method=spec.name,
+                                    method_label=label, params=bind_target(cls, full, target),
+                                    target=target, train=suite.train, finetune=finetune,
+                                    latency=suite.latency, recovery=recovery))
     seen: set[str] = set()
     unique = []
     for c in cells:

@@ -202,6 +202,40 @@ class LatencySpec(Strict):
 _LATER_LATENCY_DEFAULTS: dict[str, Any] = {"runtimes": ["eager"], "ort_graph_optimization": "all"}
 
 
+def _sorted_unique_epochs(values: list[int]) -> list[int]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"recovery budgets must differ from each other; got {values}")
+    return sorted(values)
+
+
+def _unique_lrs(values: list[float]) -> list[float]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"learning rates in the grid must differ from each other; got {values}")
+    return values
+
+
+class RecoverySpec(Strict):
+    """Recovery (fine-tune) budgets as an axis, with an equal lr-tuning budget for every row.
+
+    Each budget in ``epochs`` is its own comparison: every row gets the train budget
+    plus that many fine-tune epochs (the other fine-tune settings come from
+    ``finetune``). Every row's recovery lr is chosen from ``lr_grid`` on the
+    validation split, per seed, at the largest budget, and reused for the smaller ones.
+    """
+
+    epochs: Annotated[list[Annotated[int, Field(ge=1)]],
+                      AfterValidator(_sorted_unique_epochs)] = Field(
+        min_length=1, description="recovery budgets in fine-tune epochs, e.g. [1, 5]")
+    lr_grid: Annotated[list[Annotated[float, Field(gt=0)]], AfterValidator(_unique_lrs)] = Field(
+        min_length=1, description="recovery learning rates every row is tuned over, e.g. "
+        "[5.0e-4, 2.0e-3]; one value: no tuning")
+
+    @property
+    def tune_epochs(self) -> int:
+        """The budget the lr is chosen at: the largest."""
+        return max(self.epochs)
+
+
 class MethodSpec(Strict):
     name: str = Field(description="registered method name or 'pkg.module:Class'")
     label: str | None = None
@@ -259,6 +293,9 @@ class Suite(Strict):
     train: TrainBudget = TrainBudget()
     finetune: TrainBudget = TrainBudget(epochs=2, lr=1e-4)
     latency: LatencySpec = LatencySpec()
+    recovery: RecoverySpec | None = Field(
+        default=None, description="several recovery budgets and an lr grid tuned per row "
+        "(null: one fine-tune, the finetune block as it is)")
     data_note: str | None = Field(default=None, description="shown in the report header")
     _slice: str | None = PrivateAttr(default=None)  # set by bench.slice on a sub-suite
     _full_hash: str | None = PrivateAttr(default=None)
@@ -280,6 +317,27 @@ class Suite(Strict):
                         "grid or different params to compare variants)")
                 seen[key] = i
         return self
+
+    @model_validator(mode="after")
+    def _recovery_owns_epochs_and_lr(self) -> Suite:
+        if self.recovery is None:
+            return self
+        clash = [f for f in ("epochs", "lr") if f in self.finetune.model_fields_set]
+        if clash:
+            names = " and ".join(f"finetune.{f}" for f in clash)
+            raise ValueError(
+                f"{names}: set by recovery (recovery.epochs: the budgets, recovery.lr_grid: "
+                f"the learning rates tuned per row); remove {'them' if len(clash) > 1 else 'it'}"
+                " from finetune, or drop recovery for a single fine-tune")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # recovery was added later: a suite without it keeps its hash
+        out = handler(self)
+        if out.get("recovery", 0) is None:
+            out.pop("recovery")
+        return out
 
     def hash(self) -> str:
         if self._full_hash is not None:  # a slice keeps the hash of the suite it slices
@@ -451,7 +509,8 @@ def _loc_str(loc: tuple) -> str:
 
 
 _LIST_ITEMS = {"datasets": DatasetSpec, "models": ModelSpec, "methods": MethodSpec}
-_SUBMODELS = {"train": TrainBudget, "finetune": TrainBudget, "latency": LatencySpec}
+_SUBMODELS = {"train": TrainBudget, "finetune": TrainBudget, "latency": LatencySpec,
+              "recovery": RecoverySpec}
 
 
 def _allowed_fields(loc: tuple) -> list[str]:

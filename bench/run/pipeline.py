@@ -11,13 +11,19 @@ import copy
 import datetime as dt
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from bench.cells import Cell
-from bench.ledger import cell_ledger, count_optimizer_steps, finetune_steps_left, phase_entry
+from bench.ledger import (
+    CHARGED_TO,
+    cell_ledger,
+    count_optimizer_steps,
+    finetune_steps_left,
+    phase_entry,
+)
 from bench.measure import environment, measure_deployable
 from bench.method import Cost, NotApplicableError
 from bench.plugins import get_method
@@ -63,6 +69,7 @@ def make_record(cell: Cell, status: str, *, suite_name: str, suite_hash: str,
         "data_info": dict(data_info or {}),
         "env": environment(suite_hash),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **({"recovery": cell.recovery} if cell.recovery is not None else {}),
         **extra,
     }
 
@@ -123,6 +130,46 @@ def error_record(cell: Cell, exc: BaseException, *, suite_name: str, suite_hash:
                          data_info=data_info)
 
 
+@dataclass
+class _Source:
+    """What a cell starts from, with the training it already holds."""
+
+    method: Any
+    model: nn.Module
+    dense_cost: Cost
+    cost: dict[str, float]
+    phases: list[dict]
+    info: dict[str, Any]
+
+
+@dataclass
+class _Compressed:
+    """A compressed (or deployable) model with the ledger phases its compression ran."""
+
+    model: nn.Module
+    phases: list[dict]
+    unaccounted: int
+    seconds: float
+    ctx: Any
+    shared: bool = False  # spent nothing of the recovery budget: serves every budget and lr
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return dict(self.ctx.info)
+
+
+@dataclass
+class _Family:
+    """One row across its recovery budgets: the source, the shared compression, the lr
+    choice and the tuned model of the largest budget until its cell takes it."""
+
+    source: _Source
+    compressed: _Compressed | None = None
+    tuning: dict[str, Any] | None = None
+    tuned: dict[int, tuple] = field(default_factory=dict)
+    done: set[int] = field(default_factory=set)
+
+
 class CellPipeline:
     """Runs the cells of one group on top of its shared stages."""
 
@@ -131,6 +178,8 @@ class CellPipeline:
         self.stages, self.suite_name, self.suite_hash = stages, suite_name, suite_hash
         self.slice = slice  # the --only filter of the run, stored in each record
         self.work_s = 0.0  # compression, fine-tuning, evaluation and measurement seconds
+        self._families: dict[str, _Family] = {}  # rows with recovery budgets in progress
+        self.compressions = 0  # compress calls of rows with recovery budgets
 
     @property
     def data(self):
@@ -149,10 +198,24 @@ class CellPipeline:
 
         Post methods start from the group's dense baseline; a "train" method
         trains its own model and does not need the dense baseline at all (its
-        ``baseline_train_s`` is 0), so its group runs anywhere.
+        ``baseline_train_s`` is 0), so its group runs anywhere. A cell of a
+        suite with recovery budgets goes through :meth:`compute_recovered`.
         """
-        st = self.stages
+        if cell.recovery is not None:
+            return self.compute_recovered(cell)
         started = time.perf_counter()
+        src = self._source(cell)
+        comp = self._compress(cell, src)
+        model, phases, ft_seconds = self._finetune(cell, src.method, comp,
+                                                   source_phases=src.phases)
+        ledger = cell_ledger(cell, phases, len(self.data.train), comp.unaccounted)
+        cost = {**src.cost, "compress_s": comp.seconds, "finetune_s": ft_seconds}
+        return self._evaluated(cell, model, src, comp.info, cost, ledger, started)
+
+    # -- the steps of a cell -------------------------------------------------
+    def _source(self, cell: Cell) -> _Source:
+        """The model a cell starts from: the dense baseline, or a "train" method's own."""
+        st = self.stages
         method = get_method(cell.method)(cell.params)
         info: dict = {}
         if method.kind == "train":
@@ -166,42 +229,143 @@ class CellPipeline:
             cost = {"baseline_train_s": base_seconds, "method_train_s": 0.0}
             source = base_model
             phases = [st.phases[cell.baseline_key()]]
-        ctx = st.context(cell, dense_cost)
-        ctx.info.update(info)
-        model = copy.deepcopy(source)
+        return _Source(method, source, dense_cost, cost, phases, info)
+
+    def _compress(self, cell: Cell, src: _Source) -> _Compressed:
+        """A copy of the source compressed to the cell's target (or made deployable)."""
+        st = self.stages
+        ctx = st.context(cell, src.dense_cost)
+        ctx.info.update(src.info)
+        model = copy.deepcopy(src.model)
         t0 = time.perf_counter()
         seed_everything(cell.seed)
         target = cell.target_obj
         with count_optimizer_steps() as counter:  # steps a method takes outside ctx.train
-            model = (method.compress(model, target, ctx) if target is not None
-                     else method.uncompressed(model, ctx)).to(st.device)
-        phases += ctx.ledger
+            model = (src.method.compress(model, target, ctx) if target is not None
+                     else src.method.uncompressed(model, ctx)).to(st.device)
         unaccounted = counter.steps - sum(p["steps"] for p in ctx.ledger)
-        cost["compress_s"] = time.perf_counter() - t0
-        # Every row, the dense reference included, is fine-tuned for what is left of the
-        # fine-tune budget (all of it, unless a regularization phase spent part).
+        return _Compressed(model, list(ctx.ledger), unaccounted,
+                           time.perf_counter() - t0, ctx)
+
+    def _finetune(self, cell: Cell, method: Any, comp: _Compressed, *,
+                  source_phases: list[dict] | None = None, copy_model: bool = False
+                  ) -> tuple[nn.Module, list[dict], float]:
+        """Fine-tune for what is left of the cell's fine-tune budget (all of it, unless a
+        regularization phase spent part); every row, the dense reference included."""
+        st = self.stages
+        model = copy.deepcopy(comp.model) if copy_model else comp.model
+        phases = [*(source_phases if source_phases is not None else []), *comp.phases]
         n_train = len(st.data.train)
         ft_steps = finetune_steps_left(phases, cell.finetune.model_dump(), n_train)
         ft_seconds = 0.0
         if ft_steps > 0:
             with st.epochs_bar(f"finetune {cell.method_label}", cell.finetune.epochs) as bar:
-                stats = train(model, st.data, seed=cell.seed + 1, method=method, ctx=ctx,
+                stats = train(model, st.data, seed=cell.seed + 1, method=method, ctx=comp.ctx,
                               phase="finetune", progress=bar, steps=ft_steps,
                               **budget_kwargs(cell.finetune))
             ft_seconds = stats.seconds
             phases.append(phase_entry("finetune", stats))
-        ledger = cell_ledger(cell, phases, n_train, unaccounted)
-        cost["finetune_s"] = ft_seconds
+        return model, phases, ft_seconds
+
+    def _evaluated(self, cell: Cell, model: nn.Module, src: _Source, info: dict,
+                   cost: dict[str, float], ledger: dict, started: float) -> PendingCell:
+        st = self.stages
         t0 = time.perf_counter()
         test = evaluate(model, st.data, "test")
         val = evaluate(model, st.data, "val")
         cost["eval_s"] = time.perf_counter() - t0
-        self.work_s += cost["compress_s"] + ft_seconds + cost["eval_s"]
+        self.work_s += (cost["compress_s"] + cost.get("tune_s", 0.0) + cost["finetune_s"]
+                        + cost["eval_s"])
         cost["cell_s"] = time.perf_counter() - started
         evals = {"top1": test["top1"], "top5": test.get("top5"), "test_loss": test["loss"],
                  "val_top1": val["top1"], "test_n": len(st.data.test),
                  "precision": training_precision(cell, st.device)}
-        return PendingCell(cell, model, dense_cost, cost, evals, dict(ctx.info), ledger)
+        return PendingCell(cell, model, src.dense_cost, cost, evals, dict(info), ledger)
+
+    # -- recovery budgets ----------------------------------------------------
+    def compute_recovered(self, cell: Cell) -> PendingCell:
+        """A cell of a row with several recovery budgets and an lr grid.
+
+        The row is compressed once (a method that trains inside its compression,
+        such as funnel's gate phase, which lives in the recovery budget, is
+        compressed again for each budget and lr it runs with) and its recovery lr
+        chosen once: every lr of the grid fine-tunes a copy at the largest budget,
+        the best validation top-1 wins (never the test split), and that run is the
+        largest budget's cell; smaller budgets fine-tune with the chosen lr. The
+        choice is per seed, read back from a finished sibling record after a
+        restart. Each cell's ledger shows its own phases and, apart, the tuning.
+        """
+        started = time.perf_counter()
+        fam = self._families.get(cell.family_key())
+        if fam is None:
+            fam = self._families[cell.family_key()] = _Family(self._source(cell))
+        src = fam.source
+        tuning = fam.tuning or self._stored_tuning(cell) or self._tune(cell, fam)
+        fam.tuning = tuning
+        epochs = cell.recovery_epochs
+        tuned = fam.tuned.pop(epochs, None)
+        run_cell = cell.at_recovery(epochs, tuning["chosen_lr"])
+        if tuned is not None:
+            model, phases, ft_seconds, comp = tuned
+        else:
+            comp = self._family_compressed(run_cell, fam)
+            model, phases, ft_seconds = self._finetune(run_cell, src.method, comp,
+                                                       source_phases=src.phases,
+                                                       copy_model=comp.shared)
+        ledger = cell_ledger(run_cell, phases, len(self.data.train), comp.unaccounted)
+        ledger["tuning"] = {k: v for k, v in tuning.items() if k != "seconds"}
+        cost = {**src.cost, "compress_s": comp.seconds, "tune_s": tuning.get("seconds", 0.0),
+                "finetune_s": ft_seconds}
+        fam.done.add(epochs)
+        if fam.done >= set(cell.recovery["budgets"]):
+            self._families.pop(cell.family_key(), None)  # every budget of the row is done
+        return self._evaluated(cell, model, src, comp.info, cost, ledger, started)
+
+    def _family_compressed(self, run_cell: Cell, fam: _Family) -> _Compressed:
+        """The row's compressed model for this budget and lr: shared when compression
+        spent nothing of the recovery budget, else compressed anew."""
+        if fam.compressed is not None and fam.compressed.shared:
+            return fam.compressed
+        comp = self._compress(run_cell, fam.source)
+        self.compressions += 1
+        comp.shared = not any(CHARGED_TO.get(p["phase"]) == "finetune" for p in comp.phases)
+        if comp.shared:
+            fam.compressed = comp
+        return comp
+
+    def _tune(self, cell: Cell, fam: _Family) -> dict[str, Any]:
+        """Fine-tune the row at the largest budget with every lr of the grid; keep the best
+        on the validation split (ties: the first lr of the grid)."""
+        grid = [float(lr) for lr in cell.recovery["lr_grid"]]
+        top = max(int(e) for e in cell.recovery["budgets"])
+        t0 = time.perf_counter()
+        results = []
+        for lr in grid:
+            run_cell = cell.at_recovery(top, lr)
+            comp = self._family_compressed(run_cell, fam)
+            model, phases, seconds = self._finetune(run_cell, fam.source.method, comp,
+                                                    source_phases=fam.source.phases,
+                                                    copy_model=comp.shared)
+            steps = sum(int(p["steps"]) for p in phases if CHARGED_TO.get(p["phase"])
+                        == "finetune")
+            val = evaluate(model, self.data, "val")["top1"] if len(grid) > 1 else None
+            results.append((lr, val, steps, (model, phases, seconds, comp)))
+        best = 0 if len(grid) == 1 else max(range(len(grid)),
+                                              key=lambda i: (results[i][1], -i))
+        fam.tuned[top] = results[best][3]
+        return {"lr_grid": grid, "chosen_lr": grid[best], "epochs": top,
+                "steps": sum(r[2] for r in results) if len(grid) > 1 else 0,
+                "val_top1": {f"{lr:g}": val for lr, val, _, _ in results if val is not None},
+                "split": "val", "per": "seed", "seconds": time.perf_counter() - t0}
+
+    def _stored_tuning(self, cell: Cell) -> dict[str, Any] | None:
+        """The lr choice of this row and seed from a finished sibling record, if any."""
+        for epochs in cell.recovery["budgets"]:
+            rec = self.stages.store.load(cell.at_recovery(int(epochs)).id)
+            tuning = ((rec or {}).get("ledger") or {}).get("tuning")
+            if rec and rec.get("status") == "ok" and tuning and "chosen_lr" in tuning:
+                return dict(tuning)
+        return None
 
     def finish_cell(self, pending: PendingCell) -> dict:
         """Measure (count, time) a computed cell and make its record."""
@@ -229,7 +393,8 @@ class CellPipeline:
         reference = (copy.deepcopy(model) if cell.method == "dense"
                      else self.stages.fresh_model(cell))
         return measure_deployable(model, self.data.input_shape, cell.latency, dense_cost,
-                                  cell.target_obj, reference=reference)
+                                  cell.target_obj, reference=reference,
+                                  runtime_vs_eager=cell.method == "dense")
 
     def record(self, cell: Cell, status: str, **extra: Any) -> dict:
         if self.slice:

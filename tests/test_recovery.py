@@ -1,0 +1,133 @@
+"""Recovery budgets as an axis: validation, cell ids, one compression per row, equal ledgers."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bench.cells import expand
+from bench.cli import main
+from bench.suite import SuiteError, load_suite
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def recovery_suite(tiny_suite: dict) -> dict:
+    suite = dict(tiny_suite)
+    suite["finetune"] = {k: v for k, v in suite["finetune"].items() if k not in ("epochs", "lr")}
+    suite["recovery"] = {"epochs": [2, 1], "lr_grid": [1.0e-3, 4.0e-3]}
+    suite["methods"] = [{"name": "dense"}, {"name": "svd"}, {"name": "prune-l1"},
+                        {"name": "funnel"}, {"name": "monarch-scratch"}]
+    return suite
+
+
+def test_a_suite_without_the_axis_keeps_its_cell_ids():
+    """quick has no recovery block: every expanded cell id is a committed record."""
+    suite, _ = load_suite("quick", check_models=False)
+    committed = {p.stem for p in (ROOT / "results" / "quick" / "cells").glob("*.json")}
+    ids = {c.id for c in expand(suite)}
+    assert ids and ids <= committed
+    assert "recovery" not in suite.model_dump(mode="json")
+
+
+def test_each_budget_is_a_cell_and_ids_differ(tiny_suite, write_suite):
+    suite, _ = load_suite(write_suite(recovery_suite(tiny_suite)), check_models=False)
+    cells = expand(suite)
+    assert Counter(c.recovery_epochs for c in cells) == {1: 5, 2: 5}
+    assert [c.recovery_epochs for c in cells[:2]] == [1, 2]  # budgets sorted
+    assert len({c.id for c in cells}) == len(cells)
+    for c in cells:
+        assert c.finetune.epochs == c.recovery_epochs
+        assert c.recovery["budgets"] == [1, 2] and c.recovery["lr_grid"] == [1e-3, 4e-3]
+    # the two budgets of a row share its family; rows differ
+    fams = Counter(c.family_key() for c in cells)
+    assert len(fams) == 5 and set(fams.values()) == {2}
+
+
+@pytest.mark.parametrize("recovery, finetune, message", [
+    ({"epochs": [1, 1], "lr_grid": [1e-3]}, {}, "recovery budgets must differ"),
+    ({"epochs": [0, 2], "lr_grid": [1e-3]}, {},
+     "recovery.epochs[0]: Input should be greater than or equal to 1"),
+    ({"epochs": [1], "lr_grid": [-1.0]}, {}, "recovery.lr_grid[0]"),
+    ({"epochs": [1], "lr_grid": []}, {}, "recovery.lr_grid"),
+    ({"epochs": [1], "lr_grid": [1e-3], "lr": 3}, {},
+     "recovery.lr: Unknown field 'lr'. Available: epochs, lr_grid"),
+    ({"epochs": [1, 2], "lr_grid": [1e-3]}, {"epochs": 1}, "finetune.epochs: set by recovery"),
+    ({"epochs": [1, 2], "lr_grid": [1e-3]}, {"lr": 1e-3}, "finetune.lr: set by recovery"),
+])
+def test_bad_recovery_blocks_are_refused_with_the_field(tiny_suite, write_suite, recovery,
+                                                        finetune, message):
+    suite = recovery_suite(tiny_suite)
+    suite["recovery"] = recovery
+    suite["finetune"] = {**suite["finetune"], **finetune}
+    path = write_suite(suite)
+    with pytest.raises(SuiteError) as err:
+        load_suite(path, check_models=False)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_one_compression_per_row_one_lr_choice_and_equal_ledgers(
+        tiny_suite, write_suite, tmp_path, monkeypatch):
+    """Runs the suite: post methods compress once per row whatever the budgets and lrs
+    (funnel, whose gate phase spends recovery budget, once per budget and lr it runs);
+    the train method trains once; every row of a budget has the same ledger totals."""
+    from bench.plugins import get_method
+
+    calls: Counter = Counter()
+    for name in ("svd", "prune-l1", "funnel", "dense", "monarch-scratch"):
+        cls = get_method(name)
+        for hook in ("compress", "uncompressed", "prepare"):
+            original = getattr(cls, hook)
+
+            def counted(self, *args, _original=original, _key=(name, hook), **kwargs):
+                calls[_key] += 1
+                return _original(self, *args, **kwargs)
+
+            monkeypatch.setattr(cls, hook, counted)
+    results = tmp_path / "results"
+    assert main(["run", str(write_suite(recovery_suite(tiny_suite))),
+                 "--results", str(results)]) == 0
+    records = [json.loads(p.read_text()) for p in (results / "cells").glob("*.json")]
+    assert len(records) == 10 and all(r["status"] == "ok" for r in records), \
+        [(r["method"], r.get("error")) for r in records if r["status"] != "ok"]
+    assert calls[("svd", "compress")] == 1
+    assert calls[("prune-l1", "compress")] == 1
+    assert calls[("dense", "uncompressed")] == 1
+    assert calls[("funnel", "compress")] == 3  # two lrs at the largest budget, one more
+    assert calls[("monarch-scratch", "prepare")] == 1  # trained once, fine-tuned per budget
+
+    by_budget: dict[int, list[dict]] = {}
+    for r in records:
+        by_budget.setdefault(r["recovery"]["epochs"], []).append(r)
+    def recovery_steps(r: dict) -> int:
+        return sum(p["steps"] for p in r["ledger"]["phases"]
+                   if p["phase"] in ("finetune", "regularize"))
+
+    per_epoch = recovery_steps(by_budget[1][0])  # optimizer steps in one recovery epoch
+    for epochs, rows in by_budget.items():
+        totals = {r["ledger"]["total_steps"] for r in rows}
+        tuning = {r["ledger"]["tuning"]["steps"] for r in rows}
+        assert len(totals) == 1 and len(tuning) == 1, (epochs, totals, tuning)
+        assert all(r["ledger"]["violation"] is None for r in rows), \
+            [r["ledger"]["violation"] for r in rows]
+        for r in rows:
+            assert recovery_steps(r) == epochs * per_epoch
+            t = r["ledger"]["tuning"]
+            assert t["chosen_lr"] in t["lr_grid"] and set(t["val_top1"]) == {"0.001", "0.004"}
+            assert t["steps"] == 2 * 2 * per_epoch  # every lr at the largest budget
+            used = {p["optimizer"]["lr"] for p in r["ledger"]["phases"]
+                    if p["phase"] == "finetune"}
+            assert used == {t["chosen_lr"]}
+    # the lr choice is the row's, shared by its budgets
+    chosen: dict[tuple, set] = {}
+    for r in records:
+        key = (r["method"], json.dumps(r["target"]))
+        chosen.setdefault(key, set()).add(r["ledger"]["tuning"]["chosen_lr"])
+    assert all(len(v) == 1 for v in chosen.values())
+    # the lr chosen at the largest budget is that budget's own validation winner
+    for r in by_budget[2]:
+        t = r["ledger"]["tuning"]
+        assert r["metrics"]["val_top1"] == pytest.approx(max(t["val_top1"].values()))
