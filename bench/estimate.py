@@ -19,8 +19,11 @@ splits; measurement; and compression: the mean of earlier records of the same
 method and model where there are some, else the training a method is known to
 do inside ``compress`` (dense-small trains its narrow model for the training
 epochs), else nothing. Every row is fine-tuned for the fine-tune budget (a
-regularization phase such as funnel's is part of it). A compressed model is
-priced as the dense one (an upper bound for fine-tuning).
+regularization phase such as funnel's is part of it). With recovery budgets,
+each row and seed pays its compression once and its lr choice once (every lr
+of the grid fine-tunes at the largest budget), and each smaller budget one
+fine-tune with the chosen lr. A compressed model is priced as the dense one
+(an upper bound for fine-tuning).
 Work on the device is GPU time when the device is CUDA; latency timing on the
 CPU is CPU time.
 """
@@ -198,6 +201,7 @@ def estimate_suite(suite: Any, results_dir: str | Path, data_root: str | None = 
     bundles: dict[str, DataBundle | None] = {}
     probes: dict[tuple[str, str], ModelProbe] = {}
     trained: set[str] = set()
+    families: set[str] = set()
     for c in cells:
         dkey = c.dataset.model_dump_json()
         if dkey not in bundles:
@@ -234,6 +238,19 @@ def estimate_suite(suite: Any, results_dir: str | Path, data_root: str | None = 
         else:
             compress = _train_s(p, c.train, _compress_training_epochs(c))
         finetune = _train_s(p, c.finetune, c.finetune.epochs)  # every row, dense included
+        if c.recovery is not None:  # one compression and one lr choice per row and seed
+            family = c.family_key()
+            first = family not in families
+            families.add(family)
+            compress = compress if first else 0.0
+            top = max(int(e) for e in c.recovery["budgets"])
+            grid = len(c.recovery["lr_grid"])
+            tuning = _train_s(p, c.finetune, top) * grid if first else 0.0
+            # the largest budget's cell is the tuning run the lr choice kept
+            finetune = tuning + (0.0 if c.finetune.epochs == top else finetune)
+            if grid > 1 and first:
+                evaluation_val = grid * len(data.val) * p.eval_s_per_image
+                finetune += evaluation_val
         evaluation = p.eval_size * p.eval_s_per_image
         est.add(label, method, compress + finetune + evaluation + p.measure_cuda_s, p.measure_s)
     est.probe_s = time.perf_counter() - started

@@ -45,6 +45,8 @@ class ExpectedCell(_Open):
     params: dict[str, Any] = Field(default_factory=dict)
     target: dict[str, float] | None = None
     target_label: str = "dense"
+    recovery_epochs: int | None = Field(default=None, description="the cell's recovery budget "
+                                        "(fine-tune epochs) when the suite has that axis")
 
 
 class MethodInfo(_Open):
@@ -62,6 +64,9 @@ class Manifest(_Open):
     example: bool = Field(default=False, description="a toy suite: kept out of headline rankings")
     targets: list[str] = Field(default_factory=list, description="target labels in suite order")
     seeds: list[int] = Field(default_factory=list)
+    recovery_epochs: list[int] = Field(default_factory=list,
+                                       description="recovery budgets (empty: one fine-tune)")
+    lr_grid: list[float] = Field(default_factory=list, description="recovery lrs tuned per row")
     cells: list[ExpectedCell] = Field(default_factory=list)
     methods: dict[str, MethodInfo] = Field(default_factory=dict)
     created: str | None = None
@@ -98,9 +103,13 @@ def build_manifest(suite: Any) -> Manifest:
         data_note=suite.data_note or "", example=bool(getattr(suite, "example", False)),
         targets=[_target_label(k, v) for t in suite.targets for k, v in t.items()],
         seeds=sorted({c.seed for c in cells}),
+        **({"recovery_epochs": list(suite.recovery.epochs),
+            "lr_grid": list(suite.recovery.lr_grid)} if suite.recovery is not None else {}),
         cells=[ExpectedCell(cell_id=c.id, model=c.model.display, dataset=c.dataset.display,
                             seed=c.seed, method=c.method_label, method_name=c.method,
-                            params=c.params, target=c.target, target_label=c.target_label)
+                            params=c.params, target=c.target, target_label=c.target_label,
+                            **({"recovery_epochs": c.recovery_epochs}
+                               if c.recovery is not None else {}))
                for c in cells],
         methods=methods,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))

@@ -16,7 +16,10 @@ import pandas as pd
 from bench.record import Record, measured_batches, metric_columns
 
 CONFIG_COLUMNS = ("cell_id", "state", "status", "suite", "model", "dataset", "seed", "method",
-                  "method_name", "kind", "target", "target_metric", "target_ratio")
+                  "method_name", "kind", "target", "target_metric", "target_ratio",
+                  "recovery_epochs", "recovery_lr")
+# config columns of an optional axis: in the CSV only when some record has them
+AXIS_COLUMNS = ("recovery_epochs", "recovery_lr")
 CSV_TAIL = ("error_type", "error", "reason", "created", "suite_hash")
 
 
@@ -63,6 +66,8 @@ def config_row(r: Record, kinds: dict[str, str] | None = None) -> dict[str, Any]
         "error_type": r.error.type if r.error else None,
         "error": r.error.message if r.error else None, "reason": r.reason,
         "created": r.created, "suite_hash": r.suite_hash,
+        "recovery_epochs": _num(r.get("recovery.epochs")),
+        "recovery_lr": _num(r.get("ledger.tuning.chosen_lr")),
     }
 
 
@@ -86,7 +91,8 @@ def tidy_table(view: pd.DataFrame, batches: dict[str, list[str]]) -> pd.DataFram
     (`state` says ok, over budget, failed or not_applicable; dates live in the records)."""
     metric_cols = [col for m, col, _, _ in metric_columns(batches, "csv") if col in view
                    and not (m.optional and view[col].isna().all())]
-    cols = [c for c in CONFIG_COLUMNS if c in view and c != "status"] + metric_cols + \
+    cols = [c for c in CONFIG_COLUMNS if c in view and c != "status"
+            and not (c in AXIS_COLUMNS and view[c].isna().all())] + metric_cols + \
         [c for c in CSV_TAIL if c in view and c != "created"]
     return view[cols]
 
