@@ -166,7 +166,8 @@ def cmd_publish(args) -> int:
 
 def cmd_verify(args) -> int:
     """Recompute a slice of committed records in an empty directory and compare them."""
-    from bench.verify import format_checks, verify_suite
+    from bench.preflight import PreflightError
+    from bench.verify import RecomputeStopped, format_checks, verify_suite
 
     suite, path = _suite(args)
     if not suite.slice:
@@ -176,8 +177,12 @@ def cmd_verify(args) -> int:
     results = Path(args.results or RESULTS_ROOT / suite.name)
     print(f"recomputing {suite.slice} of '{suite.name}' from scratch and comparing with "
           f"{results}/cells")
-    checks = verify_suite(suite, results, data_root=args.data_root,
-                          workdir=Path(args.keep) if args.keep else None)
+    try:
+        checks = verify_suite(suite, results, data_root=args.data_root,
+                              workdir=Path(args.keep) if args.keep else None)
+    except (PreflightError, RecomputeStopped) as exc:  # as `run` does: exit 2, nothing compared
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(format_checks(checks))
     if not any(c.status != "no committed record" for c in checks):
         print("error: no cell of this slice has a committed record to compare with",
@@ -253,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("verify", help="recompute committed cells from scratch and compare "
-                       "top-1, MACs, params and ranks")
+                       "top-1, MACs, params and ranks (on another CPU or torch build, top-1 "
+                       "against the committed seed spread)")
     suite_arg(p)
     p.add_argument("--only", metavar="KEY=VALUE,...", required=True,
                    help="the cells to recompute (same keys as run --only)")

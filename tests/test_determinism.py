@@ -68,7 +68,8 @@ def test_verify_recomputes_committed_cells_and_names_a_changed_figure(
     store.record_path(svd["cell_id"]).write_text(json.dumps(svd))
     assert main(["verify", str(every_method_suite), *only, "--keep", str(tmp_path / "b")]) == 1
     out = capsys.readouterr().out
-    assert "differs" in out and "top1: committed" in out and "1 same, 1 differ" in out
+    assert "differs (same CPU model and torch build" in out and "1 same, 1 differ" in out
+    assert "svd macs<=0.5 top1: " in out and " committed, " in out
 
 
 def test_verify_needs_a_slice(every_method_suite, capsys):
