@@ -105,7 +105,11 @@ def same_machine(committed_env: dict[str, Any] | None,
                  recomputed_env: dict[str, Any] | None) -> bool:
     """Whether two records' ``env`` name the same CPU model and torch build (unknown: no)."""
     a, b = committed_env or {}, recomputed_env or {}
-    return all(a.get(k) is not None and a.get(k) == b.get(k) for k in SAME_MACHINE_ENV)
+    if not all(a.get(k) is not None and a.get(k) == b.get(k) for k in SAME_MACHINE_ENV):
+        return False
+    # the kernels' instruction set, where both records know it (older records do not)
+    known = a.get("cpu_capability") is not None and b.get("cpu_capability") is not None
+    return not known or a["cpu_capability"] == b["cpu_capability"]
 
 
 def row_key(record: dict[str, Any]) -> str:

@@ -249,3 +249,14 @@ def test_cells_stopped_by_the_environment_stop_verify(tiny_suite, write_suite, t
 
     with pytest.raises(RecomputeStopped, match="disk full"):
         verify_suite(suite, tmp_path / "committed", run=run, check=lambda *a: None)
+
+
+def test_same_cpu_name_with_other_kernels_is_another_machine():
+    """A VM may name two CPUs alike; the kernels' instruction set tells them apart."""
+    from bench.verify import same_machine
+
+    base = {"cpu": "AMD EPYC", "torch": "2.14.1"}
+    assert same_machine({**base, "cpu_capability": "AVX2"}, {**base, "cpu_capability": "AVX2"})
+    assert not same_machine({**base, "cpu_capability": "AVX2"},
+                            {**base, "cpu_capability": "AVX512"})
+    assert same_machine(base, {**base, "cpu_capability": "AVX512"})  # older record: unknown

@@ -57,6 +57,16 @@ def cpu_cores_available() -> int | None:
 
 
 @lru_cache(maxsize=8)
+def cpu_capability() -> str | None:
+    """The instruction set PyTorch's CPU kernels dispatch to here (DEFAULT, AVX2, AVX512, ...):
+    two CPUs with the same model name (a virtual machine often shows only "AMD EPYC") can
+    still run different kernels, and so round differently."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def environment(suite_hash: str | None = None) -> dict:
     """Versions, hardware, thread settings, git commit and (when given) the suite hash."""
     gpu = None
@@ -72,6 +82,7 @@ def environment(suite_hash: str | None = None) -> dict:
         "lowrank_bench": _version("lowrank-bench"),
         "platform": platform.platform(),
         "cpu": cpu_model(),
+        "cpu_capability": cpu_capability(),
         "cpu_count": os.cpu_count(),
         "cpu_cores_available": cpu_cores_available(),
         "torch_threads": torch.get_num_threads(),
