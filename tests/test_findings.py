@@ -19,12 +19,13 @@ def claims(records):
 
 
 def test_claim_supported_only_when_intervals_separate():
+    # one seed: Wilson intervals over the test samples decide, and the verdict says so
     far = claims([rec("maestro", 0.90), rec("svd", 0.70), rec("prune-l1", 0.75)])
-    assert far["maestro"].verdict == "supported"
+    assert far["maestro"].verdict == "supported (rests on one seed)"
     close = claims([rec("maestro", 0.801), rec("svd", 0.80)])
-    assert close["maestro"].verdict == "cannot decide within the intervals"
+    assert close["maestro"].verdict == "cannot decide within the intervals (rests on one seed)"
     below = claims([rec("lorita", 0.5), rec("svd", 0.8)])
-    assert below["lorita"].verdict == "contradicted"
+    assert below["lorita"].verdict == "contradicted (rests on one seed)"
 
 
 def test_over_budget_rows_and_missing_methods_do_not_count():
@@ -35,17 +36,22 @@ def test_over_budget_rows_and_missing_methods_do_not_count():
 def test_accel_claim_needs_equal_accuracy_and_separate_speedups():
     c = claims([rec("svd-accel", 0.80, speed=(1.5, 1.4, 1.6)),
                 rec("svd", 0.80, speed=(1.1, 1.0, 1.2))])
-    assert c["accel"].verdict == "supported"
+    assert c["accel"].verdict == "supported (rests on one seed)"
     c = claims([rec("svd-accel", 0.80, speed=(1.15, 1.0, 1.3)),
                 rec("svd", 0.80, speed=(1.1, 1.0, 1.2))])
-    assert c["accel"].verdict == "cannot decide within the intervals"
+    assert c["accel"].verdict == "cannot decide within the intervals (rests on one seed)"
 
 
 def test_leaders_and_markdown():
     rs = [rec("svd", 0.80), rec("funnel", 0.801), rec("prune-l1", 0.5),
           rec("dense", 0.9, target="dense")]
-    (line,) = leaders(rs)
+    (line,) = leaders(rs)  # one seed: the single run ranks, no tie within noise
+    assert "funnel 80.10%" in line and "svd" not in line and "one seed" in line
+    two = rs + [rec("svd", 0.81, seed=1), rec("funnel", 0.80, seed=1),
+                rec("prune-l1", 0.51, seed=1)]
+    (line,) = leaders(two)  # the paired difference (+1.0, -0.9 pp) includes 0
     assert "funnel" in line and "svd" in line and "tied" in line and "prune-l1" not in line
+    assert "one seed" not in line
     md = render_findings(rs)
     assert md.startswith("## Findings") and "Funnel keeps more accuracy" in md
 

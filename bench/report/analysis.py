@@ -17,7 +17,7 @@ import pandas as pd
 
 from bench.record import RUNTIME_LABELS, metric_columns
 from bench.report.scores import area_scores, iso_accuracy
-from bench.report.stats import estimate, infer_test_size, tie_ranks
+from bench.report.stats import estimate, infer_test_size, pooled_estimates, tie_ranks
 
 METRIC_NAMES = {"macs": "MACs", "params": "params"}
 
@@ -70,13 +70,16 @@ def make_entries(cells: pd.DataFrame, batches: dict[str, list[str]], reference: 
             "record_ids": list(e.cell_id[e.state != "not run"]),
             "record_seeds": [int(s) for s in e.seed[e.state != "not run"]],
             "over_budget": bool((ok.state == "over budget").any()),
+            "by_seed": {int(s): float(v) for s, v in zip(ok.seed, ok.top1)},
         }
         if ok.empty:
             row["state"], row["detail"] = _state_of(e)
             row["est"] = None
         else:
             row["state"], row["detail"] = ("over budget" if row["over_budget"] else "ok"), ""
-            row["est"] = estimate(ok.top1.tolist(), test_n)
+            # on its own (the reference row keeps this); tier rows are re-estimated
+            # with the seed sd pooled over their table in analyse_group
+            row["est"] = estimate(list(row["by_seed"].values()), test_n)
         for m, col, _, _ in lb:
             if m.name.startswith("runtime_"):  # a runtime's state or error: text
                 text = [v for v in ok[col] if isinstance(v, str)] if col in ok else []
@@ -140,7 +143,11 @@ def analyse_group(cells: pd.DataFrame, batches: dict[str, list[str]], reference:
         within = [m for m in members if m["state"] == "ok"]
         over = [m for m in members if m["state"] == "over budget"]
         absent = [m for m in members if m["est"] is None]
-        for m, (rank, tied) in zip(within, tie_ranks([m["est"] for m in within])):
+        ests, noise = pooled_estimates([m["by_seed"] for m in within + over], test_n)
+        for m, est in zip(within + over, ests):
+            m["est"] = est
+        ranks = tie_ranks([m["est"] for m in within], [m["by_seed"] for m in within], noise)
+        for m, (rank, tied) in zip(within, ranks):
             m["rank"], m["tied"] = rank, tied
         for m in over + absent:
             m["rank"], m["tied"] = None, False
@@ -149,7 +156,7 @@ def analyse_group(cells: pd.DataFrame, batches: dict[str, list[str]], reference:
         absent.sort(key=lambda m: m["method"])
         ranked_tiers.append({"label": label,
                              "title": tier_title(members[0]["metric"], members[0]["ratio"]),
-                             "entries": within + over + absent})
+                             "entries": within + over + absent, "noise": noise})
     scores, macs_range, lat_range = curve_scores(entries, len(ranked_tiers), dense_acc)
     runtimes = {rt: batches[rt] for rt in RUNTIME_LABELS if batches.get(rt)}
     return {"cpu_b": cpu_b, "cuda_b": batches.get("cuda", []), "runtime_b": runtimes,

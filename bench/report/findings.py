@@ -1,9 +1,12 @@
 """Findings generated from records: who leads at each budget, and the papers' claims checked.
 
-Each claim is checked per (model, dataset, budget) with 95% intervals
-(bootstrap over seeds, else Wilson over the test set; see ``stats``): a claim
-is *supported* where the method's interval lies wholly above its comparator's,
-*contradicted* where it lies wholly below, and *undecided* where they overlap.
+Each claim is checked per (model, dataset, budget) with 95% intervals over
+seeds (see ``stats``): a claim is *supported* where the interval of the
+method's difference to its comparator, paired by seed, lies wholly above 0,
+*contradicted* where it lies wholly below, and *undecided* where it includes 0
+(unpaired intervals over seeds, pooled over the table, when no seed is shared).
+With one seed there is no interval over seeds: the Wilson intervals over the
+test samples must separate instead, and the verdict says it rests on one seed.
 Only ok records that met their budget take part. The verdicts are counted
 over every comparison the records allow, so a reader sees how much evidence
 there is, not just the direction.
@@ -15,7 +18,16 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from bench.report.stats import Estimate, estimate, infer_test_size, tie_ranks
+from bench.report.runtime_speed import speed_findings
+from bench.report.stats import (
+    Estimate,
+    SeedNoise,
+    difference_interval,
+    infer_test_size,
+    pooled_estimates,
+    separated,
+    tie_ranks,
+)
 
 PRUNING = ("prune-l1", "prune-group", "prune-random")
 
@@ -27,12 +39,20 @@ class Claim:
     supported: list[str] = field(default_factory=list)
     contradicted: list[str] = field(default_factory=list)
     undecided: list[str] = field(default_factory=list)
+    one_seed: int = 0  # comparisons without an interval over seeds
 
     @property
     def verdict(self) -> str:
         n = len(self.supported) + len(self.contradicted) + len(self.undecided)
         if n == 0:
             return "cannot decide: no comparable cells in these records"
+        if self.one_seed:
+            rests = ("rests on one seed" if self.one_seed == n else
+                     f"{self.one_seed} of {n} comparisons rest on one seed")
+            return f"{self._verdict()} ({rests})"
+        return self._verdict()
+
+    def _verdict(self) -> str:
         if self.supported and not self.contradicted:
             return "supported" if not self.undecided else "partly supported"
         if self.contradicted and not self.supported:
@@ -48,24 +68,43 @@ def _usable(r: dict) -> bool:
         (m.get("budget") or {}).get("met", True) is not False
 
 
-def _estimates(records: Iterable[dict]) -> dict[tuple, dict[str, Estimate]]:
-    """(model, dataset, target_label) -> method label -> accuracy estimate over seeds."""
-    acc: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+@dataclass
+class _Table:
+    """One model x dataset x budget: per method its estimate and {seed: top-1}."""
+
+    est: dict[str, Estimate]
+    seeds: dict[str, dict[int, float]]
+    noise: SeedNoise
+
+    def separated(self, a: str, b: str) -> int:
+        return separated(self.est[a], self.est[b], self.seeds[a], self.seeds[b], self.noise)
+
+
+def _tables(records: Iterable[dict]) -> dict[tuple, _Table]:
+    """(model, dataset, target_label) -> the table's estimates, seed sd pooled over it."""
+    acc: dict[tuple, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     tests: dict[tuple, list[float]] = defaultdict(list)
     test_n: dict[tuple, int] = {}
     for r in records:
         if not _usable(r):
             continue
         m = r["metrics"]
-        acc[(r["model"], r["dataset"], r["target_label"])][r["method"]].append(m["top1"])
+        acc[(r["model"], r["dataset"], r["target_label"])][r["method"]][
+            int(r.get("seed", 0))] = float(m["top1"])
         tests[(r["model"], r["dataset"])].append(m["top1"])
         if m.get("test_n"):
             test_n[(r["model"], r["dataset"])] = int(m["test_n"])
-    out: dict[tuple, dict[str, Estimate]] = {}
+    out: dict[tuple, _Table] = {}
     for key, by_method in acc.items():
         n = test_n.get(key[:2]) or infer_test_size(tests[key[:2]])
-        out[key] = {meth: estimate(v, n) for meth, v in by_method.items()}
+        ests, noise = pooled_estimates(list(by_method.values()), n)
+        out[key] = _Table(dict(zip(by_method, ests)), dict(by_method), noise)
     return out
+
+
+def _estimates(records: Iterable[dict]) -> dict[tuple, dict[str, Estimate]]:
+    """(model, dataset, target_label) -> method label -> accuracy estimate over seeds."""
+    return {k: t.est for k, t in _tables(records).items()}
 
 
 def _speedups(records: Iterable[dict]) -> dict[tuple, tuple[float, float, float]]:
@@ -83,14 +122,22 @@ def _speedups(records: Iterable[dict]) -> dict[tuple, tuple[float, float, float]
     return out
 
 
-def _compare(claim: Claim, where: str, a: Estimate | None, b: Estimate | None,
-             what: str) -> None:
-    if a is None or b is None:
+def _compare(claim: Claim, where: str, t: _Table, a: str, b: str | None, what: str) -> None:
+    if a not in t.est or b not in t.est:
         return
-    line = f"{where}: {what} {a.mean:.2%} vs {b.mean:.2%}"
-    if a.lo > b.hi:
+    ea, eb = t.est[a], t.est[b]
+    line = f"{where}: {what} {ea.mean:.2%} vs {eb.mean:.2%}"
+    diff = difference_interval(t.seeds[a], t.seeds[b], t.noise)
+    if not (ea.seed_based and eb.seed_based):
+        line += " (one seed)"
+        claim.one_seed += 1
+    elif diff is not None:
+        line += (f", difference paired by seed {100 * diff[0]:+.2f} pp "
+                 f"[{100 * diff[1]:+.2f}, {100 * diff[2]:+.2f}]")
+    verdict = t.separated(a, b)
+    if verdict > 0:
         claim.supported.append(line)
-    elif a.hi < b.lo:
+    elif verdict < 0:
         claim.contradicted.append(line)
     else:
         claim.undecided.append(line)
@@ -98,7 +145,7 @@ def _compare(claim: Claim, where: str, a: Estimate | None, b: Estimate | None,
 
 def check_claims(records: list[dict]) -> list[Claim]:
     """The four claims of the papers this project compares, checked on these records."""
-    est = _estimates(records)
+    tables = _tables(records)
     speed = _speedups(records)
     maestro = Claim("maestro", "Maestro beats SVD-based and pruning baselines at equal budget "
                                "(against the best of svd and the pruning methods)")
@@ -106,21 +153,25 @@ def check_claims(records: list[dict]) -> list[Claim]:
     accel = Claim("accel", "The acceleration techniques raise realised speedup at equal "
                            "accuracy (svd-accel vs svd, paired CPU batch-1 speedup)")
     funnel = Claim("funnel", "Funnel keeps more accuracy than SVD at a 2x MAC cut")
-    for (model, dataset, target), by in sorted(est.items()):
+    for (model, dataset, target), t in sorted(tables.items()):
         where = f"{model}/{dataset} {target}"
-        baselines = [by[m] for m in ("svd", *PRUNING) if m in by]
+        by = t.est
+        baselines = [m for m in ("svd", *PRUNING) if m in by]
         if "maestro" in by and baselines:
-            best = max(baselines, key=lambda e: e.mean)
-            _compare(maestro, where, by["maestro"], best, "top-1")
-        _compare(lorita, where, by.get("lorita"), by.get("svd"), "top-1")
+            best = max(baselines, key=lambda m: by[m].mean)
+            _compare(maestro, where, t, "maestro", best, "top-1")
+        _compare(lorita, where, t, "lorita", "svd", "top-1")
         if target == "macs<=0.5":
-            _compare(funnel, where, by.get("funnel"), by.get("svd"), "top-1")
+            _compare(funnel, where, t, "funnel", "svd", "top-1")
         a, s = by.get("svd-accel"), by.get("svd")
         sa, ss = speed.get((model, dataset, target, "svd-accel")), \
             speed.get((model, dataset, target, "svd"))
         if a and s and sa and ss:
             line = f"{where}: speedup {sa[0]:.2f}x vs {ss[0]:.2f}x"
-            if not a.overlaps(s):
+            if not (a.seed_based and s.seed_based):
+                line += " (one seed)"
+                accel.one_seed += 1
+            if t.separated("svd-accel", "svd"):
                 accel.undecided.append(line + " (accuracies differ, not an equal-accuracy "
                                               "comparison)")
             elif sa[1] > ss[2]:
@@ -135,17 +186,21 @@ def check_claims(records: list[dict]) -> list[Claim]:
 def leaders(records: list[dict], reference: str = "dense") -> list[str]:
     """One line per (model, dataset, budget): the methods ranked first (ties within noise)."""
     lines = []
-    for (model, dataset, target), by in sorted(_estimates(records).items()):
+    for (model, dataset, target), t in sorted(_tables(records).items()):
+        by = t.est
         if target == reference or not by:
             continue
         names = [m for m in by if m != reference]
         if not names:
             continue
-        ranks = tie_ranks([by[m] for m in names])
+        ranks = tie_ranks([by[m] for m in names], [t.seeds[m] for m in names], t.noise)
         first = sorted((m for m, (rank, _) in zip(names, ranks) if rank == 1),
                        key=lambda m: -by[m].mean)
         best = ", ".join(f"{m} {by[m].mean:.2%}" for m in first)
-        tie = " (tied within the 95% intervals)" if len(first) > 1 else ""
+        tie = (" (tied: the 95% interval of the difference, paired by seed, includes 0)"
+               if len(first) > 1 else "")
+        if not all(by[m].seed_based for m in names):
+            tie += " (one seed: ranked by the single run, no ties within noise marked)"
         lines.append(f"{model}/{dataset} {target}: {best}{tie}")
     return lines
 
@@ -299,8 +354,11 @@ def render_findings(records: list[dict], reference: str = "dense") -> str:
            "(top-1, mean over seeds):", ""]
     out += [f"- {line}" for line in leaders(records, reference)] or ["- no ok records yet"]
     out += ["", "The papers' claims, checked per model, dataset and budget with 95% intervals "
-            "(supported: wholly above the comparator; contradicted: wholly below; "
-            "undecided: overlapping):", ""]
+            "over seeds (Student t, seed sd pooled over the methods at that budget; "
+            "supported: the interval of the difference to the comparator, paired by seed, "
+            "lies wholly above 0; contradicted: wholly below; undecided: it includes 0). "
+            "With one seed there is no interval over seeds: the Wilson intervals over the "
+            "test samples must separate, and the verdict says it rests on one seed:", ""]
     for c in check_claims(records):
         n = len(c.supported) + len(c.contradicted) + len(c.undecided)
         out.append(f"- **{c.text}**: {c.verdict} ({len(c.supported)} supported, "
@@ -310,6 +368,7 @@ def render_findings(records: list[dict], reference: str = "dense") -> str:
     runtime_lines = runtime_findings(records, reference)
     if runtime_lines:
         out += ["", RUNTIME_RULE, ""] + [f"- {line}" for line in runtime_lines]
+    out += speed_findings(records, reference)
     warn = undertrained(records, reference)
     if warn:
         out += ["", "Warnings:", ""] + [f"- {w}" for w in warn]

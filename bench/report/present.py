@@ -50,9 +50,19 @@ def acc_cells(est: Estimate) -> tuple[str, str]:
 
 
 def ci_tip(est: Estimate) -> str:
-    return {"bootstrap": "percentile bootstrap of the mean over seeds",
-            "wilson": "Wilson interval over the test set (one seed)",
+    seeds = f"{est.n} seed{'s' if est.n != 1 else ''}"
+    return {"pooled-t": f"Student t interval of the mean over {seeds}, seed sd pooled over "
+                        f"the rows of this table (df {est.df})",
+            "t": f"Student t interval of the mean over its own {seeds} (df {est.df})",
+            "wilson": "Wilson interval over the test samples of a single run (one seed): "
+                      "a rerun with another seed can move more than this",
             "point": "no interval: one seed, test size unknown"}[est.method]
+
+
+def _one_seed_kinds(a: dict) -> tuple[bool, bool]:
+    """(any ranked row with a seed-based interval, any with one seed only) in a group."""
+    kinds = {e["est"].method for e in a["entries"] if e["est"] is not None and not e["ref"]}
+    return bool(kinds & {"pooled-t", "t"}), bool(kinds & {"wilson", "point"})
 
 
 def leaderboard_metrics(a: dict) -> list[tuple[Metric, str, str]]:
@@ -105,11 +115,12 @@ def metric_cell(m: Metric, col: str, b: str, e: dict) -> tuple[str, str]:
 def columns(a: dict) -> list[dict]:
     cols = [
         {"label": "rank", "tip": "rank by mean top-1 among models within the budget; "
-                  "'=' marks a tie within noise", "key": "rank"},
+                  "'=' marks a tie: the 95% interval of the difference to the tie group's "
+                  "leader, paired by seed, includes 0 (never with one seed)", "key": "rank"},
         {"label": "method", "tip": "method label from the suite", "key": "method"},
         {"label": "top-1 % ↑", "tip": "test top-1, mean ± std over seeds", "key": "top1"},
-        {"label": "95% CI %", "tip": "bootstrap over seeds, or Wilson over the test set",
-         "key": "ci"},
+        {"label": ci_label(a), "tip": "Student t over seeds, seed sd pooled over the rows "
+                  "of the table; with one seed, Wilson over the test samples", "key": "ci"},
         {"label": "Δ vs ref pp ↑", "tip": "percentage points against the reference row",
          "key": "delta"},
     ]
@@ -128,6 +139,8 @@ def row(e: dict, a: dict, dense: bool = False) -> dict:
         tips = [one_line(e["detail"]), "", "", "", ""]
     else:
         acc, ci = acc_cells(e["est"])
+        if e["est"].method == "wilson" and all(_one_seed_kinds(a)):
+            ci += " (test samples)"  # beside seed-based intervals in the same column
         if len(e["seeds"]) < e["expected_seeds"]:
             acc += f" (n={len(e['seeds'])} of {e['expected_seeds']})"
         rank = ("over budget" if e.get("rank") is None
@@ -162,14 +175,31 @@ def drop_empty_columns(group: dict) -> None:
         r["tips"] = [r["tips"][i] for i in keep]
 
 
+def ci_label(a: dict) -> str:
+    seeded, single = _one_seed_kinds(a)
+    return "95% CI % (test samples)" if single and not seeded else "95% CI %"
+
+
 def noise_note(a: dict, seeds: int) -> str:
-    if seeds >= 2:
-        return (f"mean ± std over {seeds} seeds; 95% CI is a percentile bootstrap of the mean "
-                "over seeds; entries whose intervals overlap share a rank (=).")
-    if a["test_n"]:
-        return (f"one seed: the 95% CI is the Wilson interval over the {a['test_n']} test "
-                "samples; entries whose intervals overlap share a rank (=).")
-    return "one seed and unknown test size: no interval, ties only at equal accuracy."
+    seeded, single = _one_seed_kinds(a)
+    parts = []
+    if seeded:
+        parts.append(
+            f"mean ± std over {seeds} seeds; 95% CI: Student t interval of the mean with the "
+            "seed standard deviation pooled over the rows of each budget table "
+            "(df = Σ(seeds − 1)); the reference row uses its own seeds. Ranked by mean; "
+            "an entry shares its leader's rank (=) when the 95% interval of their difference, "
+            "paired by seed (seed effect removed, residual pooled over the table), includes "
+            "0, or, without shared seeds, when their intervals overlap.")
+    if single:
+        where = " in some budget tables" if seeded else ""
+        ci = (f"the 95% CI is the Wilson interval over the {a['test_n']} test samples, not "
+              "over seeds" if a["test_n"] else "no interval (test size unknown)")
+        parts.append(
+            f"Warning: one seed{where}: ranks are by the single run; a rerun with another seed "
+            "can move post-training rows by several pp, so no ties are marked (except at "
+            f"equal accuracy); {ci}.")
+    return " ".join(parts) or "no results yet."
 
 
 def score_rows(a: dict) -> list[dict]:

@@ -1,22 +1,39 @@
 """Statistics over seeds: mean +- std, 95% intervals and ties within noise.
 
 A leaderboard that ranks 97.1 above 97.0 on one seed and a 359-image test set
-is ranking noise. Every accuracy therefore carries a 95% interval:
+is ranking noise. What moves a result is mostly the seed (a rerun of a
+post-training row can move it by several pp), so the intervals are over seeds:
 
-- with two or more seeds, a percentile bootstrap interval of the mean over
-  seeds (fixed generator, so reports are reproducible);
-- with one seed, the Wilson score interval of a binomial proportion over the
-  test set, whose size is read from the record or recovered from the
-  accuracies themselves (every top-1 of one model x dataset is k / n_test).
+- Within one table (model x dataset x budget tier) the seed standard deviation
+  is pooled over every row with two or more seeds, s_p^2 = sum((n_i - 1) s_i^2)
+  / sum(n_i - 1), and each row gets the Student t interval of its mean,
+  mean +- t(0.975, df) s_p / sqrt(n_i) with df = sum(n_i - 1) ("pooled-t"). Two
+  or three seeds say little about one row's spread (two seeds that happen to
+  agree would give a zero-width interval), the table as a whole says more.
+- A row on its own (the reference) gets the Student t interval over its own
+  seeds, df = n - 1 ("t").
+- With one seed in every row there is no seed-based interval: the Wilson score
+  interval of a binomial proportion over the test set ("wilson") is shown,
+  labelled as such, but it is far narrower than a rerun's spread and never
+  makes a tie. The test size is read from the record or recovered from the
+  accuracies (every top-1 of one model x dataset is k / n_test).
 
-Two entries tie when their intervals overlap; tied entries share a rank.
+Ties are decided on differences, paired by seed: rows of one model x dataset
+share the dense model of each seed, so the seed moves them together. The
+difference of two rows over their shared seeds gets the interval
+d +- t(0.975, df_r) s_r sqrt(2 / n_shared), where s_r is the residual standard
+deviation of the additive model value = row + seed fitted to the whole table
+(the randomised-block ANOVA; df_r = observations - rank of the design). An
+entry ties with the leader of its group unless that interval lies above 0;
+without shared seeds (or df_r = 0) the unpaired intervals are compared instead.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -34,10 +51,60 @@ class Estimate:
     n: int  # number of seeds
     lo: float
     hi: float
-    method: str  # "bootstrap", "wilson" or "point"
+    method: str  # "pooled-t", "t", "wilson" (one seed, over test samples) or "point"
+    df: int = 0  # degrees of freedom of the t quantile (0 when not seed-based)
+
+    @property
+    def seed_based(self) -> bool:
+        """Whether the interval is over seeds (else over test samples, or none)."""
+        return self.method in ("pooled-t", "t")
 
     def overlaps(self, other: Estimate) -> bool:
         return self.lo <= other.hi and other.lo <= self.hi
+
+
+@dataclass(frozen=True)
+class SeedNoise:
+    """Seed noise of one table: the pooled within-row standard deviation (for each
+    row's interval) and the residual standard deviation once a per-seed effect
+    shared by the rows is removed (for differences paired by seed)."""
+
+    sd: float | None  # pooled within-row sd; None when df == 0
+    df: int  # sum(n_i - 1) over the rows
+    paired_sd: float | None  # residual sd of value = row + seed; None when paired_df == 0
+    paired_df: int  # observations - rank of the row + seed design
+
+
+@lru_cache(maxsize=256)
+def t_quantile(p: float, df: int) -> float:
+    """Quantile p of Student's t distribution with df degrees of freedom.
+
+    scipy's (a dependency of scikit-learn) when importable; otherwise computed:
+    with x = sqrt(df) tan(theta), P(0 < T < x) = c * integral_0^theta cos^(df-1),
+    c = Gamma((df+1)/2) / (sqrt(pi) Gamma(df/2)), solved for theta by bisection.
+    """
+    if df < 1:
+        raise ValueError("t_quantile needs df >= 1")
+    try:
+        from scipy.stats import t
+        return float(t.ppf(p, df))
+    except ImportError:
+        pass
+    if p < 0.5:
+        return -t_quantile(1 - p, df)
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(math.pi)
+
+    def mass(theta: float) -> float:  # P(0 < T < sqrt(df) tan(theta)), Simpson's rule
+        th = np.linspace(0.0, theta, 2001)
+        f = np.cos(th) ** (df - 1)
+        h = theta / 2000
+        return float(c * h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum()))
+
+    lo, hi = 0.0, math.pi / 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mass(mid) < p - 0.5 else (lo, mid)
+    return math.sqrt(df) * math.tan((lo + hi) / 2)
 
 
 def bootstrap_ci(values: Sequence[float], level: float = 0.95,
@@ -90,35 +157,129 @@ def infer_test_size(accuracies: Sequence[float], max_n: int = 200_000,
     return int(n[np.argmax(ok)])
 
 
+def _clean(values: Sequence[float]) -> list[float]:
+    return [float(v) for v in values if v is not None and not math.isnan(float(v))]
+
+
 def estimate(values: Sequence[float], test_n: int | None = None) -> Estimate:
-    """Mean, std and 95% interval of one entry's accuracies over seeds."""
-    x = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    """Mean, std and 95% interval of one entry's accuracies over seeds, on its own:
+    Student t over its seeds (df = n - 1), else Wilson over the test samples.
+    Rows of a table take `pooled_estimates` instead."""
+    x = _clean(values)
     if not x:
         raise ValueError("estimate needs at least one accuracy")
     mean = float(np.mean(x))
     if len(x) >= 2:
-        lo, hi = bootstrap_ci(x)
-        return Estimate(mean, float(np.std(x, ddof=1)), len(x), lo, hi, "bootstrap")
+        sd = float(np.std(x, ddof=1))
+        half = t_quantile(0.975, len(x) - 1) * sd / math.sqrt(len(x))
+        return Estimate(mean, sd, len(x), mean - half, mean + half, "t", len(x) - 1)
     if test_n:
         lo, hi = wilson_interval(mean, test_n)
         return Estimate(mean, None, 1, lo, hi, "wilson")
     return Estimate(mean, None, 1, mean, mean, "point")
 
 
-def tie_ranks(estimates: Sequence[Estimate]) -> list[tuple[int, bool]]:
-    """Competition ranks by mean (best first) where overlapping intervals share a rank.
+def seed_noise(per_seed: Sequence[Mapping[int, float]]) -> SeedNoise:
+    """Seed noise of a table from each row's accuracy per seed ({seed: top-1})."""
+    rows = [{int(k): float(v) for k, v in r.items() if v is not None and not math.isnan(v)}
+            for r in per_seed]
+    rows = [r for r in rows if r]
+    ss = sum(float(((np.array(list(r.values())) - np.mean(list(r.values()))) ** 2).sum())
+             for r in rows if len(r) >= 2)
+    df = sum(len(r) - 1 for r in rows)
+    seeds = sorted({s for r in rows for s in r})
+    obs = [(i, seeds.index(s), v) for i, r in enumerate(rows) for s, v in r.items()]
+    paired_sd, paired_df = None, 0
+    if obs:
+        design = np.zeros((len(obs), len(rows) + len(seeds)))
+        for k, (i, j, _) in enumerate(obs):
+            design[k, i] = design[k, len(rows) + j] = 1.0
+        y = np.array([v for _, _, v in obs])
+        coef = np.linalg.lstsq(design, y, rcond=None)[0]
+        paired_df = len(obs) - int(np.linalg.matrix_rank(design))
+        if paired_df > 0:
+            paired_sd = math.sqrt(float(((y - design @ coef) ** 2).sum()) / paired_df)
+    return SeedNoise(math.sqrt(ss / df) if df else None, df, paired_sd, paired_df)
 
-    Returns, for each input in input order, (rank, tied). An entry joins the
-    group of the best entry above it whose interval it overlaps; the group
-    takes that entry's rank, so [0.9, 0.899, 0.5] with wide intervals on the
-    first two ranks as 1, 1, 3.
+
+def pooled_estimates(per_seed: Sequence[Mapping[int, float]], test_n: int | None = None
+                     ) -> tuple[list[Estimate], SeedNoise]:
+    """Estimates of the rows of one table, with the seed sd pooled over its rows.
+
+    Every row (one with a single seed too) gets mean +- t(0.975, df) s_p / sqrt(n)
+    when some row has two or more seeds; otherwise each row keeps its one-seed
+    estimate (Wilson over the test samples, or a point)."""
+    noise = seed_noise(per_seed)
+    out = []
+    for r in per_seed:
+        x = _clean(list(r.values()))
+        if noise.sd is None:
+            out.append(estimate(x, test_n))
+            continue
+        mean = float(np.mean(x))
+        half = t_quantile(0.975, noise.df) * noise.sd / math.sqrt(len(x))
+        out.append(Estimate(mean, float(np.std(x, ddof=1)) if len(x) >= 2 else None, len(x),
+                            mean - half, mean + half, "pooled-t", noise.df))
+    return out, noise
+
+
+def difference_interval(a: Mapping[int, float], b: Mapping[int, float], noise: SeedNoise
+                        ) -> tuple[float, float, float] | None:
+    """(mean, lo, hi) of a - b over the seeds both have, paired by seed: the 95% interval
+    d +- t(0.975, df_r) s_r sqrt(2 / n_shared). None without a shared seed or residual df."""
+    shared = sorted(set(a) & set(b))
+    if not shared or noise.paired_sd is None:
+        return None
+    d = float(np.mean([a[s] - b[s] for s in shared]))
+    half = t_quantile(0.975, noise.paired_df) * noise.paired_sd * math.sqrt(2 / len(shared))
+    return d, d - half, d + half
+
+
+def separated(a: Estimate, b: Estimate, a_seeds: Mapping[int, float] | None = None,
+              b_seeds: Mapping[int, float] | None = None, noise: SeedNoise | None = None
+              ) -> int:
+    """+1 when a lies above b beyond the 95% intervals, -1 when below, 0 when undecided.
+
+    Paired by seed (`difference_interval`) when both are seed-based and share a seed;
+    else the unpaired intervals must not overlap."""
+    if (a.seed_based and b.seed_based and noise is not None and a_seeds is not None
+            and b_seeds is not None):
+        diff = difference_interval(a_seeds, b_seeds, noise)
+        if diff is not None:
+            return 1 if diff[1] > 0 else -1 if diff[2] < 0 else 0
+    return 1 if a.lo > b.hi else -1 if a.hi < b.lo else 0
+
+
+def tie_ranks(estimates: Sequence[Estimate],
+              per_seed: Sequence[Mapping[int, float]] | None = None,
+              noise: SeedNoise | None = None) -> list[tuple[int, bool]]:
+    """Competition ranks by mean (best first); entries within noise of their leader share
+    its rank.
+
+    Returns, for each input in input order, (rank, tied). Going down by mean, an entry
+    joins the group of the last entry that started one (its leader) unless the leader
+    lies above it beyond the 95% intervals (`separated`: paired by seed when `per_seed`
+    gives each entry's {seed: value}; `noise` defaults to `seed_noise(per_seed)`), so
+    [0.9, 0.899, 0.5] with wide intervals on the first two ranks as 1, 1, 3. Intervals
+    that are not over seeds (one seed) never make a tie: only equal means share a rank.
     """
+    if per_seed is not None and noise is None:
+        noise = seed_noise(per_seed)
+    seeds = list(per_seed) if per_seed is not None else [None] * len(estimates)
     order = sorted(range(len(estimates)), key=lambda i: -estimates[i].mean)
     ranks: dict[int, int] = {}
     groups: dict[int, int] = {}
     leader: int | None = None
     for pos, i in enumerate(order):
-        if leader is not None and estimates[i].overlaps(estimates[leader]):
+        e = estimates[i]
+        if leader is not None:
+            lead = estimates[leader]
+            within = (e.mean == lead.mean or (
+                e.seed_based and lead.seed_based
+                and separated(lead, e, seeds[leader], seeds[i], noise) <= 0))
+            # <= 0: a leader that is below the entry on their shared seeds is no
+            # evidence that the entry ranks lower, so they tie
+        if leader is not None and within:
             ranks[i] = ranks[leader]
         else:
             leader = i
