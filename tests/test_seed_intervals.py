@@ -157,11 +157,11 @@ def test_seeded_report_states_its_interval(tmp_path):
     out = tmp_path / "report"
     build_report(results, out)
     md = (out / "README.md").read_text()
-    assert "Student t interval of the mean with the seed standard deviation pooled" in md
+    assert "Student t interval of the mean over the row's own seeds" in md
     assert "paired by seed" in md and "Warning: one seed" not in md
     html = (out / "index.html").read_text()
-    assert re.search(r'title="Student t interval of the mean over 3 seeds, seed sd pooled '
-                     r'over the rows of this table \(df \d+\)"', html)
+    assert re.search(r'title="Student t interval of the mean over its own 3 seeds \(df 2\)"',
+                     html)
 
 
 def rec(method, top1, seed, target="macs<=0.5"):
@@ -181,3 +181,25 @@ def test_claims_and_leaders_pair_by_seed():
     (line,) = leaders(rs)
     assert line.startswith("m/d macs<=0.5: funnel") and "svd" not in line
     assert math.isclose(sum(funnel.values()) / 3, 0.81)
+
+
+def test_three_seeds_keep_their_own_spread_two_seeds_borrow_the_tables():
+    """A noisy row does not widen a steady one once each has three seeds; with two seeds
+    the table's pooled spread stands in for a row's own."""
+    from bench.report.stats import difference_interval, pooled_estimates, seed_noise, t_quantile
+
+    noisy = {0: 0.70, 1: 0.82, 2: 0.76}
+    steady = {0: 0.780, 1: 0.7801, 2: 0.7802}
+    (n_est, s_est), _ = pooled_estimates([noisy, steady])
+    assert (n_est.method, s_est.method) == ("t", "t")
+    sd = 0.0001  # the steady row's own sample sd
+    assert s_est.hi - s_est.mean == pytest.approx(t_quantile(0.975, 2) * sd / 3 ** 0.5)
+    assert n_est.hi - n_est.lo > 100 * (s_est.hi - s_est.lo)
+    two = [{0: 0.70, 1: 0.82}, {0: 0.780, 1: 0.7801}]
+    ests, noise = pooled_estimates(two)
+    assert {e.method for e in ests} == {"pooled-t"}
+    assert ests[1].hi - ests[1].lo == pytest.approx(ests[0].hi - ests[0].lo)
+    # a pair with three shared seeds: Student t of its own per-seed differences
+    a, b = {0: 0.80, 1: 0.81, 2: 0.79}, {0: 0.78, 1: 0.79, 2: 0.77}
+    d, lo, hi = difference_interval(a, b, seed_noise([a, b]))
+    assert d == pytest.approx(0.02) and lo == pytest.approx(0.02) and hi == pytest.approx(0.02)

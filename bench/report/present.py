@@ -185,12 +185,13 @@ def noise_note(a: dict, seeds: int) -> str:
     parts = []
     if seeded:
         parts.append(
-            f"mean ± std over {seeds} seeds; 95% CI: Student t interval of the mean with the "
-            "seed standard deviation pooled over the rows of each budget table "
-            "(df = Σ(seeds − 1)); the reference row uses its own seeds. Ranked by mean; "
-            "an entry shares its leader's rank (=) when the 95% interval of their difference, "
-            "paired by seed (seed effect removed, residual pooled over the table), includes "
-            "0, or, without shared seeds, when their intervals overlap.")
+            f"mean ± std over {seeds} seeds; 95% CI: Student t interval of the mean over the "
+            "row's own seeds (three or more), else with the seed standard deviation pooled "
+            "over the rows of its budget table (df = Σ(seeds − 1)). Ranked by mean; an entry "
+            "shares its leader's rank (=) when the 95% interval of their difference, paired "
+            "by seed (Student t of the per-seed differences from three shared seeds on; "
+            "with fewer, the seed effect removed and the residual pooled over the table), "
+            "includes 0, or, without shared seeds, when their intervals overlap.")
     if single:
         where = " in some budget tables" if seeded else ""
         ci = (f"the 95% CI is the Wilson interval over the {a['test_n']} test samples, not "

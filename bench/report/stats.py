@@ -4,12 +4,15 @@ A leaderboard that ranks 97.1 above 97.0 on one seed and a 359-image test set
 is ranking noise. What moves a result is mostly the seed (a rerun of a
 post-training row can move it by several pp), so the intervals are over seeds:
 
-- Within one table (model x dataset x budget tier) the seed standard deviation
-  is pooled over every row with two or more seeds, s_p^2 = sum((n_i - 1) s_i^2)
-  / sum(n_i - 1), and each row gets the Student t interval of its mean,
-  mean +- t(0.975, df) s_p / sqrt(n_i) with df = sum(n_i - 1) ("pooled-t"). Two
-  or three seeds say little about one row's spread (two seeds that happen to
-  agree would give a zero-width interval), the table as a whole says more.
+- A row with three or more seeds gets the Student t interval of its mean over
+  its own seeds, mean +- t(0.975, n - 1) s / sqrt(n) ("t"): rows differ in how
+  much a seed moves them, and pooling would lend the noisiest row's spread to
+  every other row.
+- A row with fewer seeds, in a table (model x dataset x budget tier) where some
+  row has two or more, takes the seed standard deviation pooled over the
+  table's rows, s_p^2 = sum((n_i - 1) s_i^2) / sum(n_i - 1): mean +- t(0.975,
+  df) s_p / sqrt(n_i) with df = sum(n_i - 1) ("pooled-t"). Two seeds that
+  happen to agree would otherwise give a zero-width interval.
 - A row on its own (the reference) gets the Student t interval over its own
   seeds, df = n - 1 ("t").
 - With one seed in every row there is no seed-based interval: the Wilson score
@@ -19,8 +22,9 @@ post-training row can move it by several pp), so the intervals are over seeds:
   accuracies (every top-1 of one model x dataset is k / n_test).
 
 Ties are decided on differences, paired by seed: rows of one model x dataset
-share the dense model of each seed, so the seed moves them together. The
-difference of two rows over their shared seeds gets the interval
+share the dense model of each seed, so the seed moves them together. With
+three or more shared seeds the difference gets the Student t interval of the
+per-seed differences (df = n_shared - 1); with fewer, the interval
 d +- t(0.975, df_r) s_r sqrt(2 / n_shared), where s_r is the residual standard
 deviation of the additive model value = row + seed fitted to the whole table
 (the randomised-block ANOVA; df_r = observations - rank of the design). An
@@ -38,6 +42,11 @@ from functools import lru_cache
 import numpy as np
 
 Z95 = 1.959963984540054
+# From this many seeds on, a row (or a pair of rows) is judged on its own spread: rows
+# differ in how much a seed moves them (a post-training row after a short recovery by
+# several pp, a model trained from scratch by a few tenths), and pooling would lend the
+# noisiest row's spread to all. Below it, one row's two seeds say too little alone.
+OWN_SPREAD_SEEDS = 3
 BOOTSTRAP_SAMPLES = 4000
 BOOTSTRAP_SEED = 20240607
 
@@ -213,8 +222,8 @@ def pooled_estimates(per_seed: Sequence[Mapping[int, float]], test_n: int | None
     out = []
     for r in per_seed:
         x = _clean(list(r.values()))
-        if noise.sd is None:
-            out.append(estimate(x, test_n))
+        if noise.sd is None or len(x) >= OWN_SPREAD_SEEDS:
+            out.append(estimate(x, test_n))  # its own Student t from three seeds on
             continue
         mean = float(np.mean(x))
         half = t_quantile(0.975, noise.df) * noise.sd / math.sqrt(len(x))
@@ -228,6 +237,12 @@ def difference_interval(a: Mapping[int, float], b: Mapping[int, float], noise: S
     """(mean, lo, hi) of a - b over the seeds both have, paired by seed: the 95% interval
     d +- t(0.975, df_r) s_r sqrt(2 / n_shared). None without a shared seed or residual df."""
     shared = sorted(set(a) & set(b))
+    if len(shared) >= OWN_SPREAD_SEEDS:  # the pair's own differences: Student t, df n - 1
+        diffs = [a[s] - b[s] for s in shared]
+        d = float(np.mean(diffs))
+        half = (t_quantile(0.975, len(diffs) - 1) * float(np.std(diffs, ddof=1))
+                / math.sqrt(len(diffs)))
+        return d, d - half, d + half
     if not shared or noise.paired_sd is None:
         return None
     d = float(np.mean([a[s] - b[s] for s in shared]))
