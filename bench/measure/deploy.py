@@ -93,16 +93,18 @@ def paired_all(model: nn.Module, reference: nn.Module, input_shape: tuple[int, .
 
 
 def runtimes_all(model: nn.Module, reference: nn.Module, input_shape: tuple[int, ...],
-                 spec: LatencySettings) -> tuple[dict[str, Any], dict[str, Any]]:
+                 spec: LatencySettings, reference_runtime: str | None = None,
+                 only: tuple[str, ...] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(``{runtime: {b<batch>: entry}}``, ``{runtime: info}``) for each non-eager runtime
-    of the suite, timed paired on the CPU like eager; a runtime that cannot take the model
-    has an info with its state and error and no entries."""
+    of the suite (or of ``only``), timed paired on the CPU like eager; a runtime that
+    cannot take the model has an info with its state and error and no entries.
+    ``reference_runtime="eager"`` keeps the reference in eager (see time_runtime)."""
     from bench.measure.runtimes import time_runtime
 
     entries: dict[str, Any] = {}
     infos: dict[str, Any] = {}
     for runtime in getattr(spec, "runtimes", ("eager",)):
-        if runtime == "eager":
+        if runtime == "eager" or (only is not None and runtime not in only):
             continue
         got, info = time_runtime(
             model, reference, input_shape, spec.batch_sizes, runtime, threads=spec.threads,
@@ -111,13 +113,29 @@ def runtimes_all(model: nn.Module, reference: nn.Module, input_shape: tuple[int,
             calls=getattr(spec, "paired_calls", DEFAULT_CALLS),
             min_rounds=getattr(spec, "paired_min_rounds", None),
             target_rel=getattr(spec, "paired_target_rel", None),
-            floor_rel=getattr(spec, "paired_floor_rel", 0.0), warmup=spec.warmup)
+            floor_rel=getattr(spec, "paired_floor_rel", 0.0), warmup=spec.warmup,
+            reference_runtime=reference_runtime)
         if got is None:
             log.warning("runtime %s: %s: %s", runtime, info.get("state"), info.get("error"))
         else:
             entries[runtime] = got
         infos[runtime] = info
     return entries, infos
+
+
+def vs_eager_all(model: nn.Module, input_shape: tuple[int, ...], spec: LatencySettings,
+                 infos: dict[str, Any]) -> dict[str, Any]:
+    """``{runtime: {b<batch>: entry}}``: ``model`` under each runtime whose self-pair was
+    measured (per ``infos``, updated with ``vs_eager_state``/``vs_eager_error``), paired
+    against the same model in eager."""
+    measured = tuple(rt for rt, info in infos.items() if info.get("state") == "measured")
+    entries, got = runtimes_all(model, model, input_shape, spec, reference_runtime="eager",
+                                only=measured)
+    for rt, info in got.items():
+        infos[rt]["vs_eager_state"] = info.get("state")
+        if info.get("error"):
+            infos[rt]["vs_eager_error"] = info["error"]
+    return entries
 
 
 def breakdown_pair(model: nn.Module, reference: nn.Module, input_shape: tuple[int, ...],
@@ -137,7 +155,8 @@ def _max_of(latency: dict[str, Any], key: str, field: str) -> float | None:
 def measure_deployable(model: nn.Module, input_shape: tuple[int, ...],
                        latency_spec: LatencySettings, dense_cost: Cost,
                        target: Target | None,
-                       reference: nn.Module | None = None) -> dict[str, Any]:
+                       reference: nn.Module | None = None,
+                       runtime_vs_eager: bool = False) -> dict[str, Any]:
     """All measurements of a deployable model, as the ``metrics`` of its record.
 
     MACs from both counters (with uncounted ops and per-layer own MACs), ratios
@@ -150,7 +169,12 @@ def measure_deployable(model: nn.Module, input_shape: tuple[int, ...],
     ``latency_breakdown``; with non-eager ``runtimes`` in the spec,
     ``latency_paired_runtimes`` (``{runtime: {b<batch>: entry}}``, CPU) and
     ``runtime_info`` (versions, settings, state and error per runtime; see
-    bench.measure.runtimes). Neither model passed in is moved or modified.
+    bench.measure.runtimes). With ``runtime_vs_eager`` (the dense reference row) also
+    ``runtime_vs_eager`` (``{runtime: {b<batch>: entry}}``): the model prepared for each
+    runtime the self-pair measured, paired against itself in eager (speedup = eager
+    time / runtime time; ``model`` is the runtime side, ``reference`` the eager one),
+    with ``vs_eager_state`` (and ``vs_eager_error``) in that runtime's
+    ``runtime_info``. Neither model passed in is moved or modified.
     """
     params = count_params(model)
     macs = mac_report(model, input_shape)
@@ -185,6 +209,8 @@ def measure_deployable(model: nn.Module, input_shape: tuple[int, ...],
             entries, infos = runtimes_all(model, reference, input_shape, latency_spec)
             out["latency_paired_runtimes"] = entries
             out["runtime_info"] = infos
+            if runtime_vs_eager:
+                out["runtime_vs_eager"] = vs_eager_all(model, input_shape, latency_spec, infos)
         out["latency_breakdown"] = breakdown_pair(model, reference, input_shape,
                                                   latency_spec.threads)
     out["cpu_peak_rss_mb_approx"] = _max_of(latency, "cpu", "cpu_peak_rss_delta_mb_approx")

@@ -228,12 +228,14 @@ def example_batches(inputs: tuple[int, ...] | torch.Tensor,
 def time_runtime(model: nn.Module, reference: nn.Module, inputs: tuple[int, ...] | torch.Tensor,
                  batch_sizes: Sequence[int] | None, runtime: str, threads: int | None = 1,
                  graph_optimization: str = "all", rounds: int = DEFAULT_ROUNDS,
-                 calls: int = DEFAULT_CALLS, **paired: Any
-                 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+                 calls: int = DEFAULT_CALLS, reference_runtime: str | None = None,
+                 **paired: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """(``{b<batch>: entry}`` or None, info): both sides prepared for ``runtime`` on the
     CPU and timed paired. ``info`` holds versions, settings and ``state``: "measured",
     or "not exportable" / "not compilable" / "unavailable" / "failed" with ``error``
     (then no entries). ``paired`` goes to time_paired (min_rounds, target_rel, ...).
+    ``reference_runtime`` prepares the reference for another runtime instead (``"eager"``:
+    the model under ``runtime`` against itself in eager, speedup = eager / runtime time).
     """
     info = runtime_info(runtime, threads, graph_optimization)
     batches = example_batches(inputs, batch_sizes, paired.get("seed", 0))
@@ -242,9 +244,10 @@ def time_runtime(model: nn.Module, reference: nn.Module, inputs: tuple[int, ...]
         torch.set_num_threads(threads)  # prepare (compile, first runs) as it will be timed
     try:
         sides = {}
-        for name, module in (("model", model), ("reference", reference)):
+        for name, module, rt in (("model", model, runtime),
+                                 ("reference", reference, reference_runtime or runtime)):
             try:
-                sides[name] = prepare(module, runtime, batches, threads, graph_optimization)
+                sides[name] = prepare(module, rt, batches, threads, graph_optimization)
             except RuntimeUnavailable as exc:
                 info.update(state=exc.state, error=f"{name}: {exc.message}")
                 return None, info

@@ -32,6 +32,7 @@ from bench.report.findings import render_findings, undertrained
 from bench.report.plots import group_plots, method_style, slug
 from bench.report.present import md_escape
 from bench.report.provenance import provenance
+from bench.report.runtime_view import runtime_section
 from bench.report.scores import cross_ranking
 from bench.report.tables import long_table, record_view, tidy_table
 
@@ -178,6 +179,8 @@ def analyse(manifest: Manifest, records: list[Record], out_dir: Path) -> dict:
                             "macs_range": a["macs_range"], "latency_range": a["latency_range"],
                             "scores": a["scores"]}}
         present.drop_empty_columns(g)
+        g["runtimes"] = runtime_section(a, records, f"{model} on {dataset}", colors, out_dir,
+                                        stem)
         groups.append(g)
         score_rows += [{"group": f"{model} / {dataset}", **s} for s in a["scores"]]
     counts = {s: int((view.state == s).sum()) for s in STATES}

@@ -333,3 +333,21 @@ def group_plots(points: pd.DataFrame, batches: list[str], title: str, colors: di
     if cuda_batches and points[f"cuda_{cuda_batches[0]}_ms"].notna().any():
         latency_plot("cuda", "GPU", "gpu-latency", "acc-vs-gpu-latency", cuda_batches[0])
     return plots
+
+
+def accuracy_vs_runtime(points: pd.DataFrame, runtime: str, batch: str, title: str,
+                        colors: dict, out_dir: Path, stem: str) -> Plot:
+    """Top-1 against the end-to-end latency under one deployment runtime (accuracy_vs).
+
+    `points` carries `e2e_ms`: the dense model's eager p50 divided by each row's paired
+    speedup over dense in eager (bench.report.runtime_speed), and its 95% interval in
+    `e2e_p25_ms`/`e2e_p75_ms`, which accuracy_vs draws as x error bars.
+    """
+    name = RUNTIME_TITLES.get(runtime, runtime)
+    png, svg = accuracy_vs(points, "e2e_ms",
+                           f"latency under {name}, batch {batch[1:]}: dense eager p50 / "
+                           "speedup over it (ms, log) ↓",
+                           f"accuracy vs latency under {name}: {title}", colors, out_dir,
+                           f"acc-vs-runtime-latency-{slug(runtime)}-{stem}", log_base=10)
+    return Plot(f"runtime-latency-{runtime}",
+                f"accuracy vs end-to-end latency under {name} (batch {batch[1:]})", png, svg)
