@@ -141,16 +141,73 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _write_missing_manifests(reports_root: Path, results_root: Path) -> list[str]:
+    """Records without a manifest (a fresh clone commits only cells/): write it from the
+    suite file of the same name, as `report` does, so publishing can check the report.
+
+    Returns a problem per suite whose file no longer expands to any cell it has a
+    record of (edited since its records were made): a report rendered from that
+    file would drop every record, so its manifest is not written.
+    """
+    import json
+
+    from bench.cells import expand
+    from bench.manifest import FILENAME, write_manifest
+    from bench.report.site import suite_reports
+    from bench.suite import SUITES_DIR, SuiteError, load_suite
+
+    problems = []
+    for d in suite_reports(reports_root):
+        results, suite_file = results_root / d.name, SUITES_DIR / f"{d.name}.yaml"
+        if not (results / "cells").is_dir() or (results / FILENAME).exists() \
+                or not suite_file.exists():
+            continue
+        try:
+            suite, _ = load_suite(suite_file)
+        except SuiteError:
+            continue  # publishing then names the report it cannot check
+        if suite.name != d.name:
+            continue
+        records = sorted((results / "cells").glob("*.json"))
+        ids = {c.id for c in expand(suite)}
+        if records and not ids & {p.stem for p in records}:
+            hashes = set()
+            for p in records:
+                try:
+                    hashes.add(str(json.loads(p.read_text()).get("suite_hash")))
+                except (OSError, ValueError, AttributeError):
+                    continue
+            problems.append(
+                f"{d}: {results} has {len(records)} records and no {FILENAME}, and "
+                f"suites/{suite_file.name} has changed since they were made (it hashes to "
+                f"{suite.hash()} and expands to {len(ids)} cells, none of them recorded; the "
+                f"records come from suite hash {', '.join(sorted(hashes)) or 'unknown'}): a "
+                f"report rendered from it would drop every record. Publish where the run's "
+                f"{FILENAME} is, or rerun the suite; not publishing a report that cannot be "
+                "checked against its records")
+            continue
+        write_manifest(suite, results)
+    return problems
+
+
 def cmd_publish(args) -> int:
     """Gather every reports/<suite>/ into one static site (optionally refresh the README)."""
     from bench.report import publish_site, update_readme
     from bench.report.readme import markers
+    from bench.report.site import StaleReportError
 
     root = Path(args.reports or REPORTS_ROOT)
+    results_root = Path(args.results or RESULTS_ROOT)
+    problems = _write_missing_manifests(root, results_root) if root.is_dir() else []
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     try:
         index = publish_site(root, Path(args.out) if args.out else None,
-                             include_examples=args.include_examples)
-    except FileNotFoundError as exc:
+                             include_examples=args.include_examples,
+                             results_root=results_root)
+    except (FileNotFoundError, StaleReportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"site written to {index.parent} (open {index})")
@@ -247,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", help="gather every reports/<suite>/ into a static site")
     p.add_argument("--reports", help="reports root (default reports)")
+    p.add_argument("--results", help="results root (default results): a report whose records "
+                   "under <results>/<suite>/ changed since it was rendered is re-rendered first")
     p.add_argument("--out", help="site directory (default <reports>/site)")
     p.add_argument("--readme", help="also refresh the leaderboard blocks of this Markdown file")
     p.add_argument("--include-examples", action="store_true",

@@ -29,6 +29,8 @@ from bench.record import Record, load_records, measured_batches
 from bench.report import present
 from bench.report.analysis import analyse_group, missing, tier_title
 from bench.report.findings import render_findings, undertrained
+from bench.report.freshness import FIELD as FINGERPRINT_FIELD
+from bench.report.freshness import records_fingerprint
 from bench.report.plots import group_plots, method_style, slug
 from bench.report.present import md_escape
 from bench.report.provenance import provenance
@@ -255,7 +257,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """Render a report folder from results_dir (manifest.json + cells/*.json).
 
     Writes README.md, index.html, summary.md, plots (PNG and SVG),
-    results.csv (tidy), results-long.csv, results.json, scores.json and a
+    results.csv (tidy), results-long.csv, results.json, scores.json (with the
+    fingerprint of the records rendered, which publishing compares) and a
     copy of every record under records/, which the pages link per row.
     """
     results_dir, out_dir = Path(results_dir), Path(out_dir)
@@ -287,7 +290,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
             "description": manifest.description,
             "commits": sorted({str(r.env.get("git_commit")) for r in records
                                if r.env.get("git_commit")}),
-            "groups": [g["raw_scores"] for g in ctx["groups"]]}, indent=1, default=str),
+            "groups": [g["raw_scores"] for g in ctx["groups"]],
+            FINGERPRINT_FIELD: records_fingerprint(manifest, records)}, indent=1, default=str),
     }
     written = []
     for name, text in files.items():

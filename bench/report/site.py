@@ -6,6 +6,8 @@ methods across suites from the scores each report saved in scores.json:
 mean ranks over equal coverage and head-to-head win rates. Example suites
 (a manifest with `example: true`, or only toy datasets such as digits) are
 listed but kept out of that ranking unless `include_examples` is set.
+Given the results root, a report whose records changed since it was
+rendered is re-rendered before it is copied.
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ import datetime as dt
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import jinja2
 
-from bench.report.build import write_text
+from bench.manifest import ManifestError
+from bench.record import RecordError
+from bench.report.build import build_report, write_text
+from bench.report.freshness import check_report, has_results
 from bench.report.present import rank_row
 from bench.report.scores import cross_ranking
 
@@ -55,15 +61,62 @@ def git_commit(cwd: Path) -> str:
         return "unknown"
 
 
+class StaleReportError(RuntimeError):
+    """A report that may not show its suite's current records and cannot be re-rendered."""
+
+
+def refresh_reports(reports: list[Path], results_root: Path,
+                    say: Callable[[str], None] = print) -> list[Path]:
+    """Re-render each report whose records under results_root/<suite>/ changed since it was
+    rendered (or that has no fingerprint); returns the re-rendered folders.
+
+    A report without such a results directory is left as it is. Raises
+    StaleReportError when a report's records cannot be checked or it cannot
+    be re-rendered (no manifest, an unreadable manifest or record).
+    """
+    done = []
+    for d in reports:
+        results = Path(results_root) / d.name
+        if not has_results(results):
+            continue
+        try:
+            state = check_report(results, d)
+        except (FileNotFoundError, ManifestError, RecordError) as exc:
+            raise StaleReportError(
+                f"{d}: cannot check it against its records in {results} ({exc}); not "
+                f"publishing numbers that may be stale: render it first (lowrank-bench "
+                f"report {d.name})") from None
+        if not state.stale:
+            continue
+        say(f"{d}: {state.reason}; re-rendering")
+        try:
+            build_report(results, d)
+        except (OSError, ManifestError, RecordError) as exc:
+            raise StaleReportError(f"{d}: {state.reason}, and re-rendering it from {results} "
+                                   f"failed ({exc}); not publishing stale numbers") from None
+        done.append(d)
+    return done
+
+
 def publish_site(reports_root: Path, out: Path | None = None, include_examples: bool = False,
-                 example_datasets: tuple[str, ...] = EXAMPLE_DATASETS) -> Path:
-    """Copy each reports/<suite>/ into `out` (default reports/site/) and write its index."""
+                 example_datasets: tuple[str, ...] = EXAMPLE_DATASETS,
+                 results_root: Path | None = None,
+                 say: Callable[[str], None] = print) -> Path:
+    """Copy each reports/<suite>/ into `out` (default reports/site/) and write its index.
+
+    With `results_root`, a report whose suite has a results directory there
+    (results_root/<suite>/) is first re-rendered when its records changed
+    since it was rendered (`refresh_reports`), so the site and the README
+    blocks never show older numbers than the records.
+    """
     reports_root = Path(reports_root)
     out = Path(out) if out else reports_root / SITE_DIR
     suites = [d for d in suite_reports(reports_root) if d.resolve() != out.resolve()]
     if not suites:
         raise FileNotFoundError(f"no suite reports under {reports_root}/ (each needs an "
                                 "index.html); render one first (lowrank-bench report quick)")
+    if results_root is not None:
+        refresh_reports(suites, Path(results_root), say)
     out.mkdir(parents=True, exist_ok=True)
     entries, rows, commits, hashes = [], [], set(), {}
     for d in suites:
