@@ -33,17 +33,28 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_probe_estimate_is_within_a_factor_of_1_5_of_the_wall_time(tmp_path, one_thread):
+def test_probe_estimate_is_within_a_factor_of_2_of_the_wall_time(tmp_path, one_thread):
+    # The probe (a few steps) and the run (seconds) are timed at different moments, so
+    # load arriving on the other core between them moves the ratio: over 20 runs on a
+    # shared 2-core machine (load average 1.8 to 2.8) it ranged from 0.53 to 1.02, one
+    # run outside 1/1.5. Hence a factor of 2, and a second try before failing: it
+    # catches an estimate off by more than 2x (a unit slip, a stage priced per step
+    # instead of per epoch), not a smaller bias.
     suite = Suite(**EST_SUITE)
-    results = tmp_path / "results"
-    est = estimate_suite(suite, results, device=torch.device("cpu"))
-    assert est.cells == 3 and est.trainings == 1 and not est.missing
-    assert set(est.per_method) == {"dense", "svd", "(dense baselines)"}
-    summary = run_suite(suite, results, device=torch.device("cpu"), say=lambda s: None)
-    assert summary.ok == 3
-    ratio = est.total_s / summary.seconds
-    assert 1 / 1.5 <= ratio <= 1.5, (est.total_s, summary.seconds)
-    done = estimate_suite(suite, results, device=torch.device("cpu"))
+
+    def attempt(results) -> tuple:
+        est = estimate_suite(suite, results, device=torch.device("cpu"))
+        assert est.cells == 3 and est.trainings == 1 and not est.missing
+        assert set(est.per_method) == {"dense", "svd", "(dense baselines)"}
+        summary = run_suite(suite, results, device=torch.device("cpu"), say=lambda s: None)
+        assert summary.ok == 3
+        return est.total_s, summary.seconds
+
+    est_s, wall_s = attempt(tmp_path / "results")
+    if not 1 / 2 <= est_s / wall_s <= 2:
+        est_s, wall_s = attempt(tmp_path / "again")
+    assert 1 / 2 <= est_s / wall_s <= 2, (est_s, wall_s)
+    done = estimate_suite(suite, tmp_path / "results", device=torch.device("cpu"))
     assert done.cells == 0 and done.total_s == 0  # nothing left to do
 
 
