@@ -131,3 +131,55 @@ def test_one_compression_per_row_one_lr_choice_and_equal_ledgers(
     for r in by_budget[2]:
         t = r["ledger"]["tuning"]
         assert r["metrics"]["val_top1"] == pytest.approx(max(t["val_top1"].values()))
+
+
+def test_the_report_has_a_table_per_budget_the_recovery_view_and_a_summary_at_the_largest(
+        tiny_suite, write_suite, tmp_path):
+    suite = recovery_suite(tiny_suite)
+    suite["methods"] = [{"name": "dense"}, {"name": "svd"}]
+    path = write_suite(suite)
+    results, out = tmp_path / "results", tmp_path / "report"
+    assert main(["run", str(path), "--results", str(results)]) == 0
+    assert main(["report", str(path), "--results", str(results), "--out", str(out)]) == 0
+    md = (out / "README.md").read_text()
+    assert "## mlp on digits: top-1 against the recovery budget" in md
+    assert "## mlp on digits · recovery 1 epoch\n" in md
+    assert "## mlp on digits · recovery 2 epochs" in md
+    assert "### At 1 recovery epoch" in md and "### At 2 recovery epochs" in md
+    assert "Every row's recovery lr is chosen from \\[0.001, 0.004\\]" in md
+    assert "the same for every row" in md and "(lr " in md
+    summary = (out / "summary.md").read_text()
+    assert "Shown at 2 recovery epochs" in summary
+    assert "recovery 2 epochs" in summary and "recovery 1 epoch" not in summary
+    html = (out / "index.html").read_text()
+    assert 'id="recovery-pick"' in html and 'data-recovery="1"' in html
+    assert (out / "recovery-mlp-digits.png").exists()
+    csv = (out / "results.csv").read_text().splitlines()
+    assert "recovery_epochs" in csv[0] and "recovery_lr" in csv[0]
+
+
+def _entry(method: str, by_seed: dict[int, float]) -> dict:
+    from bench.report.stats import estimate
+
+    return {"method": method, "target": "macs<=0.25", "state": "ok", "by_seed": by_seed,
+            "est": estimate(list(by_seed.values())), "detail": ""}
+
+
+def test_an_order_flip_beyond_the_intervals_is_a_finding_and_one_within_noise_is_not():
+    from bench.report.recovery_view import mean_order_changes, order_flips, recovery_findings
+
+    def analysis(entries: list[dict]) -> dict:
+        return {"ref": None, "tiers": [{"label": "macs<=0.25", "title": "MACs ≤ 0.25× dense",
+                                        "entries": entries, "noise": None}]}
+
+    one = analysis([_entry("svd", {0: 0.60, 1: 0.61, 2: 0.62}),
+                    _entry("funnel", {0: 0.50, 1: 0.51, 2: 0.52}),
+                    _entry("prune", {0: 0.55, 1: 0.65, 2: 0.45})])
+    five = analysis([_entry("svd", {0: 0.70, 1: 0.71, 2: 0.72}),
+                     _entry("funnel", {0: 0.80, 1: 0.81, 2: 0.82}),
+                     _entry("prune", {0: 0.75, 1: 0.60, 2: 0.90})])
+    flips = order_flips({1: one, 5: five})
+    assert [(f["first"], f["second"], f["budgets"]) for f in flips] == [("svd", "funnel", (1, 5))]
+    assert mean_order_changes({1: one, 5: five}) == (3, 3)  # prune swaps too, within noise
+    lines = recovery_findings([("resnet on cifar", {"flips": ["x"], "mean_changes": "y"})])
+    assert lines == ["resnet on cifar: x."]

@@ -34,6 +34,7 @@ from bench.report.freshness import records_fingerprint
 from bench.report.plots import group_plots, method_style, slug
 from bench.report.present import md_escape
 from bench.report.provenance import provenance
+from bench.report.recovery_view import chosen_lrs, recovery_findings, recovery_section
 from bench.report.runtime_view import runtime_section
 from bench.report.scores import cross_ranking
 from bench.report.tables import long_table, record_view, tidy_table
@@ -79,7 +80,9 @@ def expected_view(manifest: Manifest, records: list[Record]) -> pd.DataFrame:
         "method_name": c.method_name, "kind": kinds.get(c.method_name, ""),
         "target": c.target_label,
         "target_metric": next(iter(c.target)) if c.target else None,
-        "target_ratio": next(iter(c.target.values())) if c.target else float("nan")}
+        "target_ratio": next(iter(c.target.values())) if c.target else float("nan"),
+        "recovery_epochs": (float("nan") if c.recovery_epochs is None
+                            else float(c.recovery_epochs))}
         for c in manifest.cells if c.cell_id not in have]
     if missing_rows:
         view = pd.concat([view, pd.DataFrame(missing_rows)], ignore_index=True)
@@ -158,17 +161,25 @@ def analyse(manifest: Manifest, records: list[Record], out_dir: Path) -> dict:
     reference = manifest.reference_names()
     groups, score_rows, used = [], [], set()
     colors = {m: method_style(m)[0] for m in dict.fromkeys(view.method)}
-    for (model, dataset), cells in view.groupby(["model", "dataset"], sort=False):
+    budgets = sorted({int(e) for e in view.recovery_epochs.dropna()})
+    main_budget = budgets[-1] if budgets else None
+    by_pair: dict[tuple[str, str], dict[int, dict]] = {}
+    for (model, dataset, epochs), cells in view.groupby(
+            ["model", "dataset", view.recovery_epochs.fillna(-1)], sort=False):
+        epochs = None if epochs < 0 else int(epochs)
         a = analyse_group(cells, batches, reference, manifest.targets)
-        stem = slug(f"{model}-{dataset}")
+        suffix = "" if epochs is None else f"recovery {epochs} epoch{'s' if epochs != 1 else ''}"
+        stem = slug(f"{model}-{dataset}" + ("" if epochs is None else f"-recovery-{epochs}"))
         while stem in used:
             stem += "-x"
         used.add(stem)
-        plots = group_plots(_points(a), a["cpu_b"], f"{model} on {dataset}", colors,
+        title = f"{model} on {dataset}" + (f", {suffix}" if suffix else "")
+        plots = group_plots(_points(a), a["cpu_b"], title, colors,
                             out_dir, stem, cuda_batches=a["cuda_b"],
                             runtime_batches=a.get("runtime_b"))
         seeds = int(cells.seed.nunique())
         g = {"model": model, "dataset": dataset, "anchor": stem, "seeds": seeds,
+             "recovery": epochs, "suffix": suffix, "main": epochs in (None, main_budget),
              "columns": present.columns(a), "noise": present.noise_note(a, seeds),
              "ref": present.row(a["ref"], a, dense=True) if a["ref"] else None,
              "tiers": [{"title": t["title"], "label": t["label"],
@@ -177,14 +188,30 @@ def analyse(manifest: Manifest, records: list[Record], out_dir: Path) -> dict:
              "latency_range": present.range_text(a["latency_range"]),
              "latency_batch": a["cpu_b"][0][1:] if a["cpu_b"] else "n/a",
              "plots": [p.__dict__ for p in plots], "pivot": present.pivot(a),
+             "recovery_view": None,
              "raw_scores": {"model": model, "dataset": dataset, "dense_top1": a["dense_acc"],
+                            "recovery_epochs": epochs,
                             "macs_range": a["macs_range"], "latency_range": a["latency_range"],
                             "scores": a["scores"]}}
         present.drop_empty_columns(g)
-        g["runtimes"] = runtime_section(a, records, f"{model} on {dataset}", colors, out_dir,
-                                        stem)
+        ids = set(cells.cell_id)
+        g["runtimes"] = runtime_section(a, [r for r in records if r.cell_id in ids], title,
+                                        colors, out_dir, stem)
         groups.append(g)
-        score_rows += [{"group": f"{model} / {dataset}", **s} for s in a["scores"]]
+        if epochs is not None:
+            by_pair.setdefault((model, dataset), {})[epochs] = a
+        if epochs in (None, main_budget):  # the cross ranking: one budget per pair
+            score_rows += [{"group": f"{model} / {dataset}", **s} for s in a["scores"]]
+    recovery_sections = []
+    lrs = chosen_lrs(view)
+    for (model, dataset), analyses in by_pair.items():
+        sec = recovery_section(analyses, lrs, f"{model} on {dataset}", colors, out_dir,
+                               slug(f"{model}-{dataset}"))
+        if sec is None:
+            continue
+        recovery_sections.append((f"{model} on {dataset}", sec))
+        first = next(g for g in groups if (g["model"], g["dataset"]) == (model, dataset))
+        first["recovery_view"] = sec  # shown once per pair, before its budgets' tables
     counts = {s: int((view.state == s).sum()) for s in STATES}
     counts["expected"] = len(manifest.cells)
     by_id = {r.cell_id: r for r in records}
@@ -203,18 +230,63 @@ def analyse(manifest: Manifest, records: list[Record], out_dir: Path) -> dict:
             "methods": methods_table(manifest, view),
             "ranking": [present.rank_row(r) for r in cross_ranking(score_rows)],
             "ranking_groups": len(groups), "provenance": prov, "warnings": warnings,
-            "findings": findings_markdown(manifest, records),
+            "findings": findings_markdown(manifest, records, recovery_sections),
+            "recovery": recovery_header(manifest, records, main_budget),
             "colors": {m: to_hex(method_style(m)[0]) for m in dict.fromkeys(view.method)}}
 
 
-def findings_markdown(manifest: Manifest, records: list[Record]) -> str:
+def findings_markdown(manifest: Manifest, records: list[Record],
+                      recovery_sections: list[tuple[str, dict]] | None = None) -> str:
     """The generated "Findings" section (leaders per budget, the papers' claims checked),
-    with user-written labels Markdown-escaped before they reach its text."""
+    with user-written labels Markdown-escaped before they reach its text. With recovery
+    budgets: where the order of methods changes between budgets, then the findings of each
+    budget on its own records (budgets are separate comparisons, never pooled)."""
     reference = manifest.reference_names()
     ref = next((r.method for r in records if r.method_name in reference), "")
     safe = [{**r.to_json(), "method": md_escape(r.method), "model": md_escape(r.model),
              "dataset": md_escape(r.dataset)} for r in records]
-    return render_findings(safe, reference=md_escape(ref))
+    budgets = sorted({int(r["recovery"]["epochs"]) for r in safe if r.get("recovery")})
+    if not budgets:
+        return render_findings(safe, reference=md_escape(ref))
+    lines = recovery_findings([(md_escape(w), sec) for w, sec in recovery_sections or []])
+    out = ["## Findings", "", "Recovery budgets are separate comparisons: the findings of each "
+           "follow. Where the order of two methods changes between budgets beyond their 95% "
+           "intervals (paired by seed):", ""]
+    out += [f"- {line}" for line in lines] or ["- no pair of methods could be compared at two "
+                                               "budgets yet"]
+    for b in budgets:
+        part = render_findings([r for r in safe if (r.get("recovery") or {}).get("epochs") == b],
+                               reference=md_escape(ref))
+        out += ["", part.replace("## Findings", f"### At {b} recovery epoch"
+                                 f"{'s' if b != 1 else ''}", 1).rstrip()]
+    return "\n".join(out) + "\n"
+
+
+def recovery_header(manifest: Manifest, records: list[Record], main_budget: int | None
+                    ) -> dict | None:
+    """The suite header's recovery line: the budgets, the lr grid and what tuning it cost
+    (optimizer steps per row and seed, from the records' ledgers)."""
+    if main_budget is None:
+        return None
+    steps = sorted({int(r.get("ledger.tuning.steps")) for r in records
+                    if r.get("ledger.tuning.steps") is not None})
+    per_epoch = sorted({int(p.steps) // max(1, int(r.recovery["epochs"]))
+                        for r in records if r.ledger and getattr(r, "recovery", None)
+                        for p in r.ledger.phases if p.phase == "finetune" and p.steps
+                        and r.method_name in manifest.reference_names()})
+    grid = ", ".join(f"{lr:g}" for lr in manifest.lr_grid)
+    cost = (f"{steps[0]:,} optimizer steps per row and seed"
+            + (f" ({steps[0] / per_epoch[0]:.0f} recovery epochs)" if per_epoch else "")
+            if len(steps) == 1 else
+            "tuning steps differ between rows: " + ", ".join(f"{s:,}" for s in steps)
+            if steps else "no records yet")
+    budgets = ", ".join(str(b) for b in manifest.recovery_epochs)
+    return {"budgets": budgets, "main": main_budget, "grid": grid, "cost": cost,
+            "text": f"Recovery budgets: {budgets} fine-tune epochs, each its own comparison "
+                    f"(the summary shows {main_budget}, the largest). Every row's recovery lr "
+                    f"is chosen from [{grid}] on the validation split, per seed, at "
+                    f"{main_budget} epochs, and reused for the smaller budgets; the choice "
+                    f"costs {cost}, the same for every row."}
 
 
 def gap_sentence(manifest: Manifest, view: pd.DataFrame) -> str:

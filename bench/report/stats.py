@@ -21,6 +21,8 @@ post-training row can move it by several pp), so the intervals are over seeds:
   makes a tie. The test size is read from the record or recovered from the
   accuracies (every top-1 of one model x dataset is k / n_test).
 
+Seed intervals of an accuracy are clipped to [0, 1], the range it lives in.
+
 Ties are decided on differences, paired by seed: rows of one model x dataset
 share the dense model of each seed, so the seed moves them together. With
 three or more shared seeds the difference gets the Student t interval of the
@@ -181,7 +183,8 @@ def estimate(values: Sequence[float], test_n: int | None = None) -> Estimate:
     if len(x) >= 2:
         sd = float(np.std(x, ddof=1))
         half = t_quantile(0.975, len(x) - 1) * sd / math.sqrt(len(x))
-        return Estimate(mean, sd, len(x), mean - half, mean + half, "t", len(x) - 1)
+        return Estimate(mean, sd, len(x), max(0.0, mean - half), min(1.0, mean + half), "t",
+                        len(x) - 1)
     if test_n:
         lo, hi = wilson_interval(mean, test_n)
         return Estimate(mean, None, 1, lo, hi, "wilson")
@@ -228,7 +231,8 @@ def pooled_estimates(per_seed: Sequence[Mapping[int, float]], test_n: int | None
         mean = float(np.mean(x))
         half = t_quantile(0.975, noise.df) * noise.sd / math.sqrt(len(x))
         out.append(Estimate(mean, float(np.std(x, ddof=1)) if len(x) >= 2 else None, len(x),
-                            mean - half, mean + half, "pooled-t", noise.df))
+                            max(0.0, mean - half), min(1.0, mean + half), "pooled-t",
+                            noise.df))
     return out, noise
 
 
