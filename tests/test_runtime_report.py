@@ -255,7 +255,7 @@ def test_findings_name_fastest_runtime_differences_and_rank_changes(report):
     for r in records:
         for k in ("runtime_info", "runtime_vs_eager", "latency_paired_runtimes"):
             r["metrics"].pop(k, None)
-    assert speed_findings(records) == []
+    assert speed_findings(records, "dense") == []
     assert "Speedups by runtime" not in render_findings(records)
 
 

@@ -26,6 +26,8 @@ from bench.report.analysis import missing  # noqa: E402
 from bench.report.plots import DPI, _legend, _save, _text, method_style  # noqa: E402
 from bench.report.stats import separated  # noqa: E402
 
+REFERENCE_TIER = "(reference)"  # the reference row's own "tier" in the recovery view
+
 
 def _pct(v: float) -> str:
     return f"{100 * v:.2f}"
@@ -51,7 +53,7 @@ def _tier_entries(a: dict) -> dict[str, tuple[str, dict[str, dict], Any]]:
     as its own tier so that its recovery curve is shown too."""
     out: dict[str, tuple[str, dict[str, dict], Any]] = {}
     if a.get("ref") is not None:
-        out["dense"] = ("reference", {a["ref"]["method"]: a["ref"]}, None)
+        out[REFERENCE_TIER] = ("reference", {a["ref"]["method"]: a["ref"]}, None)
     for t in a["tiers"]:
         out[t["label"]] = (t["title"], {e["method"]: e for e in t["entries"]}, t.get("noise"))
     return out
@@ -63,7 +65,7 @@ def order_flips(analyses: dict[int, dict]) -> list[dict]:
     budgets = sorted(analyses)
     tiers = {b: _tier_entries(analyses[b]) for b in budgets}
     flips = []
-    labels = list(dict.fromkeys(k for b in budgets for k in tiers[b] if k != "dense"))
+    labels = list(dict.fromkeys(k for b in budgets for k in tiers[b] if k != REFERENCE_TIER))
     for label in labels:
         for lo_b, hi_b in itertools.combinations(budgets, 2):
             if label not in tiers[lo_b] or label not in tiers[hi_b]:
@@ -97,7 +99,7 @@ def mean_order_changes(analyses: dict[int, dict]) -> tuple[int, int]:
     lo, hi = _tier_entries(analyses[budgets[0]]), _tier_entries(analyses[budgets[-1]])
     changed = compared = 0
     for label in lo:
-        if label == "dense" or label not in hi:
+        if label == REFERENCE_TIER or label not in hi:
             continue
         at_lo, at_hi = lo[label][1], hi[label][1]
         methods = [m for m in at_lo if m in at_hi and at_lo[m]["est"] is not None

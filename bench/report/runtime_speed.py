@@ -254,7 +254,7 @@ def fastest_runtime(dense: list[Mapping], runtimes: list[str], b: str) -> str | 
     return text
 
 
-def speed_findings(records: list[Mapping], reference: str = "dense") -> list[str]:
+def speed_findings(records: list[Mapping], reference: str) -> list[str]:
     """Markdown lines for the Findings: the fastest runtime for each dense model, where a
     method's speedup under a runtime differs from its eager speedup beyond both 95%
     intervals, and where the order of methods by speed changes with the runtime. Empty

@@ -147,7 +147,7 @@ def columns(runtimes: list[str], b: str) -> dict[str, list[dict]]:
         if rt != "eager":
             methods.append({"label": f"{lab}: × dense eager ↑", "runtime": rt,
                             "tip": f"end to end (batch {b[1:]}): {COMPOSE_RULE}"})
-    return {"dense": dense, "methods": methods}
+    return {"reference": dense, "methods": methods}
 
 
 def plot_points(entries: list[dict], by_id: dict[str, Record], dense: list[dict], rt: str,
@@ -185,7 +185,7 @@ def state_notes(batches: list[dict], dense_label: str) -> list[str]:
     error: the tooltips of the HTML, written out for the Markdown page."""
     out, seen = [], set()
     for bt in batches:
-        cells = [(dense_label, c) for r in bt["dense"] for c in r["cells"][1:2]]
+        cells = [(dense_label, c) for r in bt["reference"] for c in r["cells"][1:2]]
         cells += [(r["method"], c) for r in bt["methods"] for c in r["cells"][3:]
                   if c["state"] != r["state"]]  # not run, failed, ...: said in the row
         for who, c in cells:
@@ -216,12 +216,12 @@ def runtime_section(a: dict, records: list[Record], title: str, colors: dict, ou
         "runtimes": [{"name": rt, "label": label(rt), "title": RUNTIME_TITLES.get(rt, rt)}
                      for rt in runtimes],
         "batches": [{"batch": b[1:], "columns": columns(runtimes, b),
-                     "dense": dense_rows(dense, runtimes, b),
+                     "reference": dense_rows(dense, runtimes, b),
                      "methods": method_rows(entries, by_id, runtimes, dense, b)}
                     for b in batches],
         "plots": [], "states": []}
     out["states"] = state_notes(out["batches"], dense_label=refs[0]["method"] if refs
-                                else "dense")
+                                else "reference")
     for rt in runtimes:
         rt_batches = a["cpu_b"] if rt == "eager" else a["runtime_b"][rt]
         if not rt_batches:
