@@ -183,3 +183,21 @@ def test_an_order_flip_beyond_the_intervals_is_a_finding_and_one_within_noise_is
     assert mean_order_changes({1: one, 5: five}) == (3, 3)  # prune swaps too, within noise
     lines = recovery_findings([("resnet on cifar", {"flips": ["x"], "mean_changes": "y"})])
     assert lines == ["resnet on cifar: x."]
+
+
+def test_post_methods_share_the_workers_once_the_baseline_is_a_checkpoint(tiny_suite,
+                                                                          write_suite):
+    from bench.run.plan import group_cells
+
+    suite, _ = load_suite(write_suite(recovery_suite(tiny_suite)), check_models=False)
+    cells = expand(suite)
+    together = group_cells(cells)
+    split = group_cells(cells, baseline_cached=lambda key: True)
+    post = {"dense", "svd", "prune-l1", "funnel"}
+    assert sum(1 for g in together.values() if g[0].method in post) == 1
+    assert sum(1 for g in split.values() if g[0].method in post) == 4
+    for g in split.values():  # a method's budgets and targets stay in one unit
+        assert len({c.method for c in g}) == 1
+    train = [g for g in split.values() if g[0].method == "monarch-scratch"]
+    assert train == [g for g in together.values() if g[0].method == "monarch-scratch"]
+    assert sorted(c.id for g in split.values() for c in g) == sorted(c.id for c in cells)

@@ -276,7 +276,8 @@ def run_suite(suite: Suite, results_dir: str | Path, *, device: torch.device | N
         + f"); executor: {ex.describe()}")
     device = device or default_device()
     restore_threads = apply_training_threads(ex.threads, say)
-    groups = [(content_hash(list(key)), g) for key, g in group_cells(todo).items()]
+    groups = [(content_hash(list(key)), g)
+              for key, g in group_cells(todo, store.has_checkpoint).items()]
     with SuiteProgress(len(todo), suite.name) as progress:
         if not progress.enabled:
             progress.write = say  # type: ignore[method-assign]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,14 +14,23 @@ from bench.store import ResultStore
 from bench.suite import Suite
 
 
-def group_cells(cells: list[Cell]) -> OrderedDict[tuple, list[Cell]]:
+def group_cells(cells: list[Cell], baseline_cached: Callable[[str], bool] | None = None
+                ) -> OrderedDict[tuple, list[Cell]]:
     """Cells by the unit of work: (model, dataset, seed) for the post methods, which
-    share the dense baseline, plus (..., training key) per "train" method params."""
+    share the dense baseline, plus (..., training key) per "train" method params.
+
+    Where ``baseline_cached(baseline key)`` says the dense baseline is already a
+    checkpoint, each post method is a unit of its own (workers then share the
+    post methods instead of one worker taking all of them); otherwise they stay
+    together, so that the baseline is trained once.
+    """
     groups: OrderedDict[tuple, list[Cell]] = OrderedDict()
     for c in cells:
         key: tuple = c.group_key()
         if get_method(c.method).kind == "train":
             key = (*key, c.training_key())
+        elif baseline_cached is not None and baseline_cached(c.baseline_key()):
+            key = (*key, "post", c.method_label)
         groups.setdefault(key, []).append(c)
     return groups
 
