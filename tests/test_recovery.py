@@ -201,3 +201,25 @@ def test_post_methods_share_the_workers_once_the_baseline_is_a_checkpoint(tiny_s
     train = [g for g in split.values() if g[0].method == "monarch-scratch"]
     assert train == [g for g in together.values() if g[0].method == "monarch-scratch"]
     assert sorted(c.id for g in split.values() for c in g) == sorted(c.id for c in cells)
+
+
+def test_the_recovery_view_shows_rows_without_a_result_by_their_state(tmp_path):
+    from bench.report.build import environments
+    from bench.report.recovery_view import recovery_section
+
+    def analysis(state: str, est) -> dict:
+        entry = {"method": "svd", "target": "macs<=0.25", "state": state, "by_seed": {},
+                 "est": est, "detail": "no record yet"}
+        return {"ref": None, "tiers": [{"label": "macs<=0.25", "title": "MACs ≤ 0.25× dense",
+                                        "entries": [entry], "noise": None}]}
+
+    from bench.report.stats import estimate
+
+    sec = recovery_section({1: analysis("ok", estimate([0.5, 0.52, 0.51])),
+                            3: analysis("not run", None)}, {}, "m on d", {}, tmp_path, "x")
+    cells = sec["tables"][0]["rows"][0]["cells"]
+    assert cells[1]["text"] == "not run" and cells[1]["lr"] == ""
+    md_env, _ = environments()
+    template = md_env.from_string("{% for c in cells %}{{ c.text }}{% if c.lr %} (lr {{ c.lr }})"
+                                  "{% endif %};{% endfor %}")
+    assert template.render(cells=cells).endswith("not run;")

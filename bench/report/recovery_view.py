@@ -72,9 +72,12 @@ def order_flips(analyses: dict[int, dict]) -> list[dict]:
                 continue
             title, at_lo, noise_lo = tiers[lo_b][label]
             _, at_hi, noise_hi = tiers[hi_b][label]
+            # judged on intervals over seeds only: a single run's test-sample interval says
+            # nothing about what a rerun with another seed does
             methods = [m for m in at_lo if m in at_hi and at_lo[m]["est"] is not None
                        and at_hi[m]["est"] is not None and at_lo[m]["state"] == "ok"
-                       and at_hi[m]["state"] == "ok"]
+                       and at_hi[m]["state"] == "ok" and at_lo[m]["est"].seed_based
+                       and at_hi[m]["est"].seed_based]
             for m1, m2 in itertools.combinations(methods, 2):
                 before = separated(at_lo[m1]["est"], at_lo[m2]["est"], at_lo[m1].get("by_seed"),
                                    at_lo[m2].get("by_seed"), noise_lo)
@@ -173,9 +176,10 @@ def recovery_section(analyses: dict[int, dict], lrs: dict[tuple[str, str, int], 
             for b in budgets:
                 e = tiers[b].get(label, (None, {}, None))[1].get(method)
                 if e is None:
-                    cells.append({"text": "–", "tip": ""})
+                    cells.append({"text": "–", "tip": "", "lr": ""})
                 elif e["est"] is None:
-                    cells.append({"text": e["state"], "tip": str(e.get("detail") or "")})
+                    cells.append({"text": e["state"], "tip": str(e.get("detail") or ""),
+                                  "lr": ""})
                 else:
                     est = e["est"]
                     text = f"{_pct(est.mean)} [{100 * est.lo:.1f}, {100 * est.hi:.1f}]"
@@ -189,8 +193,10 @@ def recovery_section(analyses: dict[int, dict], lrs: dict[tuple[str, str, int], 
         tables.append({"title": tier_title, "rows": rows})
     plot = recovery_plot(analyses, title, colors, out_dir, stem)
     flips = order_flips(analyses)
+    one_seed = not any(e["est"].seed_based for b in budgets for _, members, _ in tiers[b].values()
+                       for e in members.values() if e["est"] is not None)
     changed, compared = mean_order_changes(analyses)
-    return {"budgets": budgets, "tables": tables,
+    return {"budgets": budgets, "tables": tables, "one_seed": one_seed,
             "plot": {"png": plot[0], "svg": plot[1]} if plot else None,
             "flips": [flip_sentence(f) for f in flips],
             "mean_changes": (f"{changed} of {compared} pairs of methods at the same target "
@@ -212,7 +218,10 @@ def recovery_findings(sections: list[tuple[str, dict]]) -> list[str]:
     for where, sec in sections:
         if not sec:
             continue
-        if sec["flips"]:
+        if sec.get("one_seed"):
+            out.append(f"{where}: one seed, so order changes between recovery budgets are not "
+                       f"judged ({sec['mean_changes'] or 'no pairs to compare'}).")
+        elif sec["flips"]:
             out += [f"{where}: {s}." for s in sec["flips"]]
         elif sec["mean_changes"]:
             out.append(f"{where}: no pair of methods changes order between recovery budgets "
