@@ -354,7 +354,8 @@ def render_findings(records: list[dict], reference: str = "dense") -> str:
            "(top-1, mean over seeds):", ""]
     out += [f"- {line}" for line in leaders(records, reference)] or ["- no ok records yet"]
     out += ["", "The papers' claims, checked per model, dataset and budget with 95% intervals "
-            "over seeds (Student t, seed sd pooled over the methods at that budget; "
+            "over seeds (Student t over a row's own seeds from three on, else with the seed sd "
+            "pooled over the methods at that budget; "
             "supported: the interval of the difference to the comparator, paired by seed, "
             "lies wholly above 0; contradicted: wholly below; undecided: it includes 0). "
             "With one seed there is no interval over seeds: the Wilson intervals over the "
