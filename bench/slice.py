@@ -120,6 +120,7 @@ def slice_suite(suite: Suite, text: str) -> Suite:
     })
     sub._slice = slice_text(filters)
     sub._full_hash = suite.hash()
+    sub._full_suite = suite.full_suite
     got = {c.id for c in expand(sub)}
     if got != wanted:  # a combination the lists cannot express (e.g. a method's own targets)
         raise SliceError(f"--only {sub._slice}: this combination of values cannot be run as one "

@@ -299,6 +299,7 @@ class Suite(Strict):
     data_note: str | None = Field(default=None, description="shown in the report header")
     _slice: str | None = PrivateAttr(default=None)  # set by bench.slice on a sub-suite
     _full_hash: str | None = PrivateAttr(default=None)
+    _full_suite: Suite | None = PrivateAttr(default=None)  # the suite a slice was cut from
 
     @model_validator(mode="after")
     def _no_duplicate_methods(self) -> Suite:
@@ -344,6 +345,11 @@ class Suite(Strict):
             return self._full_hash
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def full_suite(self) -> Suite:
+        """The whole suite: itself, or the one this slice was cut from (what a report promises)."""
+        return self._full_suite if self._full_suite is not None else self
 
     @property
     def slice(self) -> str | None:

@@ -72,3 +72,14 @@ def test_run_only_names_the_slice_and_runs_only_it(tiny_suite, write_suite, tmp_
     assert records[0]["suite_hash"] == load_suite(path)[0].hash()  # the whole suite's
     assert main(["run", str(path), "--results", str(results), "--only", "method=nope"]) == 2
     assert "Unknown method in this suite 'nope'" in capsys.readouterr().err
+
+
+def test_a_sliced_run_writes_the_whole_suites_manifest(tiny_suite, write_suite, tmp_path):
+    """The report of a suite run a slice at a time promises every cell, not the last slice's."""
+    tiny_suite["targets"] = [{"macs": 0.5}, {"params": 0.4}]
+    path = write_suite(tiny_suite)
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results), "--only", "method=dense"]) == 0
+    manifest = json.loads((results / "manifest.json").read_text())
+    assert len(manifest["cells"]) == 3  # dense, svd at two targets
+    assert len(list((results / "cells").glob("*.json"))) == 1
