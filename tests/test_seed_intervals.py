@@ -150,6 +150,8 @@ def test_one_seed_report_warns_and_marks_no_ties(tmp_path):
                 assert {a for r, a in rows if r == rank} == {acc}
     assert any(rank == "2" for rows in tables for rank, _ in rows)
     assert "percentile bootstrap" not in md
+    assert "better by mean (one seed: no interval over seeds" in md  # the front's basis
+    assert "◆" in md
 
 
 def test_seeded_report_states_its_interval(tmp_path):
@@ -159,6 +161,8 @@ def test_seeded_report_states_its_interval(tmp_path):
     md = (out / "README.md").read_text()
     assert "Student t interval of the mean over the row's own seeds" in md
     assert "paired by seed" in md and "Warning: one seed" not in md
+    assert "better beyond the 95% intervals over seeds" in md  # the front's basis
+    assert re.search(r"\| (\*\*)?\d+\.\d\d \([\d.]+×\) ◆(\*\*)? \|", md)  # grid mark
     html = (out / "index.html").read_text()
     assert re.search(r'title="Student t interval of the mean over its own 3 seeds \(df 2\)"',
                      html)

@@ -106,12 +106,13 @@ def _points(a: dict) -> pd.DataFrame:
         if e["est"] is None:
             continue
         row = {"method": e["method"], "ref": e["ref"], "over_budget": e["over_budget"],
-               "top1": e["est"].mean, "top1_std": e["est"].std}
+               "top1": e["est"].mean, "top1_std": e["est"].std, "entry": e}
         row.update({k: e.get(k) for k in keep})
         rows.append(row)
-    df = pd.DataFrame(rows, columns=["method", "ref", "over_budget", "top1", "top1_std", *keep])
+    df = pd.DataFrame(rows, columns=["method", "ref", "over_budget", "top1", "top1_std", *keep,
+                                     "entry"])
     return df.astype({c: float for c in df.columns if c not in ("method", "ref",
-                                                                 "over_budget")})
+                                                                 "over_budget", "entry")})
 
 
 def cell_rows(view: pd.DataFrame, records: dict[str, Record]) -> list[dict]:

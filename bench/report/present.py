@@ -17,6 +17,7 @@ from bench.report.stats import Estimate
 
 NA = "n/a"
 GAP = "–"  # no result: shown, never blank
+FRONT_MARK = "◆"  # on the MACs Pareto front (bench.report.pareto)
 ERROR_CHARS = 400
 
 
@@ -248,9 +249,11 @@ def pivot(a: dict) -> dict:
                               "tip": one_line(e["detail"])})
             else:
                 flag = " ⚠ over budget" if e["over_budget"] else ""
-                text = f"{100 * e['est'].mean:.2f} ({fmt(e.get('macs_ratio'), '.2f')}×){flag}"
+                front = f" {FRONT_MARK}" if e.get("on_front") else ""
+                text = (f"{100 * e['est'].mean:.2f} ({fmt(e.get('macs_ratio'), '.2f')}×)"
+                        f"{front}{flag}")
                 cells.append({"text": text, "best": e.get("rank") == 1, "state": e["state"],
-                              "tip": ""})
+                              "tip": front_note(a) if front else ""})
         s = auc.get(m)
         score = (NA if s is None else "incomplete" if not s["complete"]
                  else fmt(None if s["auc_macs"] is None else 100 * s["auc_macs"], ".2f"))
@@ -258,7 +261,17 @@ def pivot(a: dict) -> dict:
                      if e["method"] == m), "")
         rows.append({"method": m, "cells": cells, "auc": score, "kind": kind})
     return {"tiers": [t["title"] for t in a["tiers"]],
-            "labels": [t["label"] for t in a["tiers"]], "rows": rows}
+            "labels": [t["label"] for t in a["tiers"]], "rows": rows,
+            "front_note": front_note(a)}
+
+
+def front_note(a: dict) -> str:
+    """What the front mark means in this group: beyond seed intervals, or by means."""
+    how = ("better beyond the 95% intervals over seeds (paired by seed, as for ties)"
+           if a.get("front_by_seeds") else
+           "better by mean (one seed: no interval over seeds, so a rerun can move the front)")
+    return (f"{FRONT_MARK} on the MACs Pareto front: no entry of the same or lower MACs "
+            f"ratio, the reference included, is {how}")
 
 
 def rank_row(r: dict) -> dict:

@@ -173,11 +173,11 @@ def plot_points(entries: list[dict], by_id: dict[str, Record], dense: list[dict]
                      "top1_std": math.nan if e["est"].std is None else e["est"].std,
                      "e2e_ms": base / s.median if ok else math.nan,
                      "e2e_p25_ms": base / s.hi if ok else math.nan,
-                     "e2e_p75_ms": base / s.lo if ok else math.nan})
+                     "e2e_p75_ms": base / s.lo if ok else math.nan, "entry": e})
     cols = ["method", "ref", "over_budget", "top1", "top1_std", "e2e_ms", "e2e_p25_ms",
-            "e2e_p75_ms"]
+            "e2e_p75_ms", "entry"]
     df = pd.DataFrame(rows, columns=cols)
-    return df.astype({c: float for c in cols[3:]})
+    return df.astype({c: float for c in cols[3:-1]})
 
 
 def state_notes(batches: list[dict], dense_label: str) -> list[str]:
