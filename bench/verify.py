@@ -278,17 +278,6 @@ def check_record(committed: dict[str, Any] | None, recomputed: dict[str, Any] | 
                      (_machine(committed.get("env")), _machine(recomputed.get("env"))))
 
 
-def compare_records(committed: dict[str, Any], fresh: dict[str, Any]) -> list[tuple[str, Any,
-                                                                                     Any]]:
-    """``(figure, committed value, recomputed value)`` for each compared figure that differs."""
-    out = []
-    for name, path in COMPARED:
-        a, b = lookup(committed, path), lookup(fresh, path)
-        if not _same(a, b):
-            out.append((name, a, b))
-    return out
-
-
 def check_cells(suite: Suite, committed: ResultStore, fresh: ResultStore) -> list[CellCheck]:
     """Compare every cell of ``suite`` between the committed and the recomputed store."""
     spreads = seed_spreads(committed.records())

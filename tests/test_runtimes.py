@@ -127,6 +127,37 @@ def test_onnxruntime_timing_mlp_and_conv():
     assert_entries(entries, {"b2"})
 
 
+def test_the_reference_export_is_reused_and_the_model_export_is_not(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from bench.measure import runtimes
+
+    calls: list[tuple[int, ...]] = []
+    real = runtimes.export_onnx
+
+    def counting(module, x):
+        calls.append(tuple(x.shape))
+        return real(module, x)
+
+    monkeypatch.setattr(runtimes, "export_onnx", counting)
+    monkeypatch.setattr(runtimes, "_exports", runtimes.OrderedDict())
+    ref = mlp()
+    for _ in range(2):  # two cells timed against the same dense reference
+        entries, info = runtimes.time_runtime(small_mlp(), ref, (16,), [1, 8], "onnxruntime",
+                                              threads=1, **FAST)
+        assert info["state"] == "measured"
+    assert len(calls) == 2 * 2 + 2  # the model per cell and batch, the reference once per batch
+    reloaded = mlp()  # the same weights loaded again: the same export
+    assert runtimes.export_key(reloaded, torch.zeros(1, 16)) == runtimes.export_key(
+        ref, torch.zeros(1, 16))
+    with torch.no_grad():
+        reloaded[0].bias.add_(1e-3)  # other weights: another export
+    assert runtimes.export_key(reloaded, torch.zeros(1, 16)) != runtimes.export_key(
+        ref, torch.zeros(1, 16))
+    assert runtimes.export_key(ref, torch.zeros(2, 16)) != runtimes.export_key(
+        ref, torch.zeros(1, 16))
+
+
 def test_not_exportable_model_is_a_state_not_a_failure():
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

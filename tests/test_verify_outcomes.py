@@ -8,6 +8,7 @@ import copy
 
 import pytest
 
+import bench.runner  # noqa: F401  (bound to the real run_suite before any test patches it)
 from bench.cells import expand
 from bench.cli import main
 from bench.store import ResultStore, atomic_write_json

@@ -28,9 +28,11 @@ installed) and the error message; `time_runtime` turns it into the record's
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import re
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +117,41 @@ def prepare_compile(module: nn.Module, batches: dict[int, torch.Tensor]) -> Comp
 
 
 # -- onnxruntime ---------------------------------------------------------------
+# Exports of the dense reference, which every cell of a model x dataset x seed times
+# against: exporting it again for each cell and batch size cost about a third of a cell's
+# timing. Keyed by the module's structure, classes and weights and the input's shape.
+EXPORT_CACHE_SIZE = 8
+_exports: OrderedDict[str, tuple[bytes, int | None]] = OrderedDict()
+
+
+def export_key(module: nn.Module, x: torch.Tensor) -> str:
+    """A digest of what decides an export: every submodule's class and repr, every
+    parameter and buffer (name, dtype, shape, bytes), the input's shape and dtype, torch."""
+    h = hashlib.sha256()
+    h.update(f"{torch.__version__}|{tuple(x.shape)}|{x.dtype}|{module!r}".encode())
+    for name, sub in module.named_modules():
+        h.update(f"{name}:{type(sub).__module__}.{type(sub).__qualname__};".encode())
+    for name, t in module.state_dict(keep_vars=False).items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def export_onnx_cached(module: nn.Module, x: torch.Tensor) -> tuple[bytes, int | None]:
+    """`export_onnx` through a small in-process cache (for the reference side only: a
+    method's module may keep state that decides its forward outside its weights)."""
+    key = export_key(module, x)
+    if key in _exports:
+        _exports.move_to_end(key)
+        return _exports[key]
+    out = export_onnx(module, x)
+    _exports[key] = out
+    while len(_exports) > EXPORT_CACHE_SIZE:
+        _exports.popitem(last=False)
+    return out
+
+
 def export_onnx(module: nn.Module, x: torch.Tensor) -> tuple[bytes, int | None]:
     """(serialised ONNX model, default-domain opset) of ``module`` on a batch like ``x``,
     exported by ``torch.onnx.export(dynamo=True)`` through a temporary file."""
@@ -180,9 +217,12 @@ class OrtSide:
 
 
 def prepare_onnxruntime(module: nn.Module, batches: dict[int, torch.Tensor],
-                        threads: int | None, graph_optimization: str = "all") -> OrtSide:
+                        threads: int | None, graph_optimization: str = "all",
+                        cache: bool = False) -> OrtSide:
     """Export per batch size and open a session once (raises RuntimeUnavailable:
-    "unavailable" without onnxruntime, "not exportable" when export or loading fails)."""
+    "unavailable" without onnxruntime, "not exportable" when export or loading fails).
+    ``cache`` reuses an earlier export of the same module (the dense reference)."""
+    export = export_onnx_cached if cache else export_onnx
     try:
         import onnxruntime  # noqa: F401
     except ImportError as exc:
@@ -192,7 +232,7 @@ def prepare_onnxruntime(module: nn.Module, batches: dict[int, torch.Tensor],
     graphs, opset = {}, None
     try:
         for bs, x in batches.items():
-            graphs[bs], opset = export_onnx(module, x)
+            graphs[bs], opset = export(module, x)
         side = OrtSide(graphs, threads, graph_optimization, opset)
         check = side.fresh()
         for x in batches.values():
@@ -205,12 +245,13 @@ def prepare_onnxruntime(module: nn.Module, batches: dict[int, torch.Tensor],
 
 
 def prepare(module: nn.Module, runtime: str, batches: dict[int, torch.Tensor],
-            threads: int | None, graph_optimization: str = "all") -> Any:
-    """``module`` prepared for ``runtime`` (a side for time_paired)."""
+            threads: int | None, graph_optimization: str = "all", cache: bool = False) -> Any:
+    """``module`` prepared for ``runtime`` (a side for time_paired); ``cache``: the
+    reference side, whose ONNX export may be reused (`export_onnx_cached`)."""
     if runtime == "compile":
         return prepare_compile(module, batches)
     if runtime == "onnxruntime":
-        return prepare_onnxruntime(module, batches, threads, graph_optimization)
+        return prepare_onnxruntime(module, batches, threads, graph_optimization, cache)
     if runtime == "eager":
         return module
     raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
@@ -247,7 +288,8 @@ def time_runtime(model: nn.Module, reference: nn.Module, inputs: tuple[int, ...]
         for name, module, rt in (("model", model, runtime),
                                  ("reference", reference, reference_runtime or runtime)):
             try:
-                sides[name] = prepare(module, rt, batches, threads, graph_optimization)
+                sides[name] = prepare(module, rt, batches, threads, graph_optimization,
+                                      cache=name == "reference")
             except RuntimeUnavailable as exc:
                 info.update(state=exc.state, error=f"{name}: {exc.message}")
                 return None, info
