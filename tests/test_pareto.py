@@ -16,14 +16,14 @@ def test_a_point_within_seed_noise_of_a_cheaper_one_stays_on_the_front():
     beaten = entry(0.5, {0: 0.40, 1: 0.50, 2: 0.45})  # 10 pp under cheap on every seed
     ref = entry(1.0, {0: 0.70, 1: 0.71, 2: 0.69})
     assert noisy["est"].mean < cheap["est"].mean
-    assert mark_front([cheap, noisy, beaten, ref]) is True
+    assert mark_front([cheap, noisy, beaten, ref]) == "seeds"
     assert [e["on_front"] for e in (cheap, noisy, beaten, ref)] == [True, True, False, True]
 
 
 def test_one_seed_falls_back_to_means():
     cheap, dear, best = entry(0.25, {0: 0.55}), entry(0.5, {0: 0.54}), entry(1.0, {0: 0.70})
-    flags, by_seeds = front_flags([cheap, dear, best], [0.25, 0.5, 1.0])
-    assert by_seeds is False
+    flags, basis = front_flags([cheap, dear, best], [0.25, 0.5, 1.0])
+    assert basis == "means"
     assert flags == [True, False, True]
 
 
@@ -40,3 +40,13 @@ def test_an_equal_cost_point_beaten_beyond_the_intervals_leaves_the_front():
     b = entry(0.25, {0: 0.50, 1: 0.53, 2: 0.51})
     mark_front([a, b])
     assert (a["on_front"], b["on_front"]) == (True, False)
+
+
+def test_a_one_seed_row_leaves_the_seeded_pairs_judged_by_their_seeds():
+    one_seed = entry(0.5, {0: 0.70})  # dearer, better by mean than everything seeded
+    cheap = entry(0.2, {0: 0.50, 1: 0.60, 2: 0.55})
+    noisy = entry(0.25, {0: 0.52, 1: 0.50, 2: 0.56})  # within seed noise of cheap
+    beaten = entry(0.6, {0: 0.60, 1: 0.61, 2: 0.60})  # under one_seed by mean, dearer
+    assert mark_front([one_seed, cheap, noisy, beaten]) == "mixed"
+    assert [e["on_front"] for e in (one_seed, cheap, noisy, beaten)] == [True, True, True,
+                                                                        False]

@@ -159,14 +159,14 @@ def analyse_group(cells: pd.DataFrame, batches: dict[str, list[str]], reference:
                              "title": tier_title(members[0]["metric"], members[0]["ratio"]),
                              "entries": within + over + absent, "noise": noise})
     scores, macs_range, lat_range = curve_scores(entries, len(ranked_tiers), dense_acc)
-    front_by_seeds = mark_front(entries, "macs_ratio")
+    front_basis = mark_front(entries, "macs_ratio")
     runtimes = {rt: batches[rt] for rt in RUNTIME_LABELS if batches.get(rt)}
     return {"cpu_b": cpu_b, "cuda_b": batches.get("cuda", []), "runtime_b": runtimes,
             "test_n": test_n, "ref": d,
             "seeds": int(cells.seed.nunique()), "entries": entries, "tiers": ranked_tiers,
             "scores": scores, "macs_range": macs_range, "latency_range": lat_range,
             "dense_acc": dense_acc, "common_steps": common_steps,
-            "front_by_seeds": front_by_seeds}
+            "front_basis": front_basis}
 
 
 def curve_scores(entries: list[dict], n_tiers: int, dense_acc: float | None

@@ -82,15 +82,15 @@ def pareto_front(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.array(fx), np.array(fy)
 
 
-def _front(points: pd.DataFrame, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Which points are on the front: beyond seed intervals when the points carry their
-    entries (bench.report.pareto), else by means."""
+def _front(points: pd.DataFrame, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, str]:
+    """Which points are on the front and on what basis: beyond seed intervals when the
+    points carry their entries (bench.report.pareto), else by means."""
     if "entry" in points and points["entry"].notna().all():
-        flags, by_seeds = front_flags(list(points["entry"]), list(xs))
-        return np.array(flags, dtype=bool), by_seeds
+        flags, basis = front_flags(list(points["entry"]), list(xs))
+        return np.array(flags, dtype=bool), basis
     fx, fy = pareto_front(xs, ys)
     on = {(a, b) for a, b in zip(fx, fy)}
-    return np.array([(a, b) in on for a, b in zip(xs, ys)], dtype=bool), False
+    return np.array([(a, b) in on for a, b in zip(xs, ys)], dtype=bool), "means"
 
 
 @dataclass(frozen=True)
@@ -165,14 +165,16 @@ def accuracy_vs(points: pd.DataFrame, x: str, xlabel: str, title: str, colors: d
     within = sub[~sub.over_budget.astype(bool)] if "over_budget" in sub else sub
     if len(within):
         xs, ys = within[x].to_numpy(float), within.top1.to_numpy(float)
-        flags, by_seeds = _front(within, xs, ys)
+        flags, basis = _front(within, xs, ys)
         fx, fy = pareto_front(xs[flags], ys[flags])
         ax.step(fx, 100 * fy, where="post", ls="--", lw=1.2, color="0.35", zorder=3,
-                label="Pareto front (by means, one seed)" if not by_seeds else "Pareto front")
-        if by_seeds:  # every point no cheaper one beats beyond the seed intervals
+                label="Pareto front (by means, one seed)" if basis == "means"
+                else "Pareto front")
+        if basis != "means":  # every point no cheaper one beats beyond the seed intervals
             ax.scatter(xs[flags], 100 * ys[flags], s=170, facecolors="none",
                        edgecolors="0.35", linewidths=1.0, zorder=3,
-                       label="on the front within seed intervals")
+                       label="on the front within seed intervals" if basis == "seeds"
+                       else "on the front (one-seed rows by mean)")
     if len(sub):  # zoom on where the methods are, unless that hides an ordinary point
         ys = 100 * sub.top1
         top, q10, bottom = float(ys.max()), float(ys.quantile(0.1)), float(ys.min())

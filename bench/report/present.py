@@ -267,9 +267,12 @@ def pivot(a: dict) -> dict:
 
 def front_note(a: dict) -> str:
     """What the front mark means in this group: beyond seed intervals, or by means."""
-    how = ("better beyond the 95% intervals over seeds (paired by seed, as for ties)"
-           if a.get("front_by_seeds") else
-           "better by mean (one seed: no interval over seeds, so a rerun can move the front)")
+    how = {"seeds": "better beyond the 95% intervals over seeds (paired by seed, as for ties)",
+           "mixed": "better beyond the 95% intervals over seeds (paired by seed, as for "
+                    "ties), or by mean where either row has one seed (a rerun can move those)",
+           }.get(a.get("front_basis", "means"),
+                 "better by mean (one seed: no interval over seeds, so a rerun can move the "
+                 "front)")
     return (f"{FRONT_MARK} on the MACs Pareto front: no entry of the same or lower MACs "
             f"ratio, the reference included, is {how}")
 
