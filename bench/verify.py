@@ -283,8 +283,7 @@ def check_cells(suite: Suite, committed: ResultStore, fresh: ResultStore) -> lis
     spreads = seed_spreads(committed.records())
     checks = []
     for cell in expand(suite):
-        label = (f"{cell.model.display}/{cell.dataset.display} seed={cell.seed} "
-                 f"{cell.method_label} {cell.target_label}")
+        label = cell.describe()  # names the recovery budget where the suite has several
         checks.append(check_record(committed.load(cell.id), fresh.load(cell.id),
                                    cell_id=cell.id, label=label, method=cell.method,
                                    spreads=spreads))
