@@ -154,6 +154,9 @@ def test_the_report_has_a_table_per_budget_the_recovery_view_and_a_summary_at_th
     html = (out / "index.html").read_text()
     assert 'id="recovery-pick"' in html and 'data-recovery="1"' in html
     assert (out / "recovery-mlp-digits.png").exists()
+    # the site card shows the main (largest) budget, not the first file name
+    assert json.loads((out / "scores.json").read_text())["thumb"] == \
+        "acc-vs-macs-mlp-digits-recovery-2.svg"
     csv = (out / "results.csv").read_text().splitlines()
     assert "recovery_epochs" in csv[0] and "recovery_lr" in csv[0]
 
@@ -223,3 +226,45 @@ def test_the_recovery_view_shows_rows_without_a_result_by_their_state(tmp_path):
     template = md_env.from_string("{% for c in cells %}{{ c.text }}{% if c.lr %} (lr {{ c.lr }})"
                                   "{% endif %};{% endfor %}")
     assert template.render(cells=cells).endswith("not run;")
+
+
+def test_the_recovery_plot_names_every_method_when_the_last_panel_has_no_data(tmp_path,
+                                                                             monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from bench.report import recovery_view
+
+    def analysis(entries_by_tier: dict[str, list[dict]]) -> dict:
+        return {"ref": None, "tiers": [{"label": label, "title": label, "entries": entries,
+                                        "noise": None} for label, entries in
+                                       entries_by_tier.items()]}
+
+    pending = {"method": "svd", "target": "macs<=0.125", "state": "not run", "by_seed": {},
+               "est": None, "detail": "no record yet"}
+    analyses = {b: analysis({"macs<=0.25": [_entry("svd", {0: v, 1: v + 0.01}),
+                                            _entry("funnel", {0: v - 0.1, 1: v - 0.09})],
+                             "macs<=0.125": [pending]}) for b, v in ((1, 0.5), (3, 0.6))}
+    figures = []
+    monkeypatch.setattr(recovery_view, "_save", lambda fig, *a: figures.append(fig) or "saved")
+    assert recovery_view.recovery_plot(analyses, "m on d", {}, tmp_path, "x") == "saved"
+    last = figures[0].axes[-1]
+    assert not last.get_legend_handles_labels()[0]  # the 0.125x panel drew no line
+    assert [t.get_text() for t in last.texts] == ["no results"]
+    assert [t.get_text() for t in last.get_legend().get_texts()] == ["svd", "funnel"]
+    plt.close(figures[0])
+
+
+def test_a_report_without_results_draws_no_empty_plots_and_the_site_shows_no_picture(
+        tiny_suite, write_suite, tmp_path):
+    from bench.report.site import publish_site
+
+    path = write_suite(recovery_suite(tiny_suite))
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    assert main(["run", str(path), "--results", str(results), "--dry-run"]) == 0
+    out = reports / "tiny"
+    assert main(["report", str(path), "--results", str(results), "--out", str(out)]) == 0
+    assert not list(out.glob("acc-vs-*.png")) and not list(out.glob("recovery-*.png"))
+    assert "No plots: no cell of this table has a result yet." in (out / "README.md").read_text()
+    assert json.loads((out / "scores.json").read_text())["thumb"] is None
+    site = publish_site(reports, include_examples=True).read_text()
+    assert "<img" not in site

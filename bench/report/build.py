@@ -263,6 +263,17 @@ def findings_markdown(manifest: Manifest, records: list[Record],
     return "\n".join(out) + "\n"
 
 
+def site_thumbnail(groups: list[dict]) -> str | None:
+    """The site card's picture: accuracy vs MACs of the first table at the suite's main
+    (largest) recovery budget that has a result; None while nothing has one."""
+    for g in groups:
+        if g["main"]:
+            svg = next((p["svg"] for p in g["plots"] if p["kind"] == "macs"), None)
+            if svg:
+                return svg
+    return None
+
+
 def recovery_header(manifest: Manifest, records: list[Record], main_budget: int | None
                     ) -> dict | None:
     """The suite header's recovery line: the budgets, the lr grid and what tuning it cost
@@ -364,6 +375,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
             "commits": sorted({str(r.env.get("git_commit")) for r in records
                                if r.env.get("git_commit")}),
             "groups": [g["raw_scores"] for g in ctx["groups"]],
+            "thumb": site_thumbnail(ctx["groups"]),
             FINGERPRINT_FIELD: records_fingerprint(manifest, records)}, indent=1, default=str),
     }
     written = []

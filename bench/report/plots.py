@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -59,9 +60,24 @@ def _ordered(methods: pd.Series, colors: dict) -> list[str]:
 
 
 def _legend(ax) -> None:
-    """Legend outside the axes, to the right: never on top of a point."""
+    """Legend outside the axes, to the right: never on top of a point (none when
+    nothing in the panel is labelled)."""
+    if not ax.get_legend_handles_labels()[0]:
+        return
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
               frameon=False)
+
+
+def _row_legend(axes) -> None:
+    """One legend for a row of panels, beside the last: every label drawn in any panel,
+    once (the last panel alone may have no data, e.g. a target not run yet)."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if seen:
+        axes[-1].legend(list(seen.values()), list(seen), fontsize=8, loc="upper left",
+                        bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
 
 
 def _text(label: str) -> str:
@@ -305,13 +321,7 @@ def speedup_by_runtime(points: pd.DataFrame, runtimes: dict[str, list[str]], tit
         first.scatter([], [], marker=markers[bi % len(markers)], s=32, color="0.45",
                       label=f"batch {b[1:]}")
     fig.suptitle(_text(title), fontsize=10)
-    handles, labels = [], []
-    for ax in axes[0]:
-        h, lab = ax.get_legend_handles_labels()
-        handles += h
-        labels += lab
-    axes[0][-1].legend(handles, labels, fontsize=8, loc="upper left",
-                       bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
+    _row_legend(axes[0])
     return _save(fig, out_dir, stem)
 
 
@@ -319,8 +329,11 @@ def group_plots(points: pd.DataFrame, batches: list[str], title: str, colors: di
                 out_dir: Path, stem: str, cuda_batches: list[str] | None = None,
                 runtime_batches: dict[str, list[str]] | None = None) -> list[Plot]:
     """The plots of one model x dataset (a GPU one where measured, one of the speedup under
-    each deployment runtime where more than eager was timed); names start with the kind."""
-    plots = []
+    each deployment runtime where more than eager was timed); names start with the kind.
+    None without a measured point: an empty frame would read as a result."""
+    plots: list[Plot] = []
+    if points.empty:
+        return plots
     png, svg = accuracy_vs(points, "macs_ratio", "MACs relative to dense (log scale) ↓",
                            f"accuracy vs MACs: {title}", colors, out_dir,
                            f"acc-vs-macs-{stem}")

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.report.analysis import missing  # noqa: E402
-from bench.report.plots import DPI, _legend, _save, _text, method_style  # noqa: E402
+from bench.report.plots import DPI, _row_legend, _save, _text, method_style  # noqa: E402
 from bench.report.stats import separated  # noqa: E402
 
 REFERENCE_TIER = "(reference)"  # the reference row's own "tier" in the recovery view
@@ -122,7 +122,9 @@ def recovery_plot(analyses: dict[int, dict], title: str, colors: dict, out_dir: 
     budgets = sorted(analyses)
     tiers = {b: _tier_entries(analyses[b]) for b in budgets}
     labels = list(dict.fromkeys(k for b in budgets for k in tiers[b]))
-    if len(budgets) < 2 or not labels:
+    measured = any(e.get("est") is not None for b in budgets for _, entries, _ in
+                   tiers[b].values() for e in entries.values())
+    if len(budgets) < 2 or not measured:
         return None
     fig, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels) + 1.6, 3.4),
                              squeeze=False, sharey=False)
@@ -130,6 +132,7 @@ def recovery_plot(analyses: dict[int, dict], title: str, colors: dict, out_dir: 
         tier_title = next(tiers[b][label][0] for b in budgets if label in tiers[b])
         methods = list(dict.fromkeys(m for b in budgets if label in tiers[b]
                                      for m in tiers[b][label][1]))
+        drawn = False
         for method in methods:
             xs, ys, lo, hi = [], [], [], []
             for b in budgets:
@@ -142,15 +145,20 @@ def recovery_plot(analyses: dict[int, dict], title: str, colors: dict, out_dir: 
                 hi.append(100 * (e["est"].hi - e["est"].mean))
             if not xs:
                 continue
+            drawn = True
             color, marker = method_style(method)
             ax.errorbar(xs, ys, yerr=[lo, hi], color=colors.get(method, color), marker=marker,
                         ms=4, lw=1.2, capsize=2, label=_text(method))
+        if not drawn:  # a gap is shown, not left as a blank frame
+            ax.text(0.5, 0.5, "no results", transform=ax.transAxes, ha="center",
+                    va="center", fontsize=9, color="0.45")
+            ax.set_yticks([])
         ax.set_title(_text(tier_title), fontsize=9)
         ax.set_xticks(budgets)
         ax.set_xlabel("recovery epochs")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("top-1 %")
-    _legend(axes[0][-1])
+    _row_legend(axes[0])
     fig.suptitle(_text(f"top-1 vs recovery budget: {title}"), fontsize=10)
     fig.set_dpi(DPI)
     fig.tight_layout()

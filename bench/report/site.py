@@ -134,7 +134,8 @@ def publish_site(reports_root: Path, out: Path | None = None, include_examples: 
                     rows.append({**s, "group": (d.name, g.get("model"), g.get("dataset"))})
         commits.update(scores.get("commits", []))
         hashes[d.name] = scores.get("suite_hash", "n/a")
-        thumb = next(iter(sorted(d.glob("acc-vs-macs-*.svg"))), None)
+        thumb = scores.get("thumb") if "thumb" in scores else next(  # older reports: any
+            (p.name for p in sorted(d.glob("acc-vs-macs-*.svg"))), None)
         counts = scores.get("counts", {})
         entries.append({
             "name": d.name, "description": scores.get("description", ""), "example": example,
@@ -143,7 +144,7 @@ def publish_site(reports_root: Path, out: Path | None = None, include_examples: 
                                 ("ok", "over budget", "failed", "not applicable", "not run")
                                 if counts.get(k)) + f" of {counts.get('expected', '?')}",
             "pairs": [f"{g.get('model')} on {g.get('dataset')}" for g in groups],
-            "thumb": f"{d.name}/{thumb.name}" if thumb else None})
+            "thumb": f"{d.name}/{thumb}" if thumb else None})
     ranking = [rank_row(r) for r in cross_ranking(rows)]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
                              undefined=jinja2.StrictUndefined, autoescape=True)
