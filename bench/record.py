@@ -51,7 +51,10 @@ class ErrorInfo(_Open):
 
 
 class Cost(_Open):
-    """Wall seconds per stage of a cell."""
+    """Wall seconds per stage of a cell. Open: suites with recovery budgets add
+    ``tune_s`` (the row's recovery-lr choice, every lr of the grid), and newer records
+    ``trained_here_s`` (the part of ``cell_s`` spent on trainings this cell did rather
+    than loaded)."""
 
     baseline_train_s: float | None = None
     method_train_s: float | None = None

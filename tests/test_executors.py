@@ -100,3 +100,33 @@ def test_dry_run_lists_cells_and_estimates_from_records(tiny_suite, write_suite,
     assert "estimated time:" in out and "for 1 of 1 cells, from 2 earlier records" in out
     line = next(ln for ln in out.splitlines() if "macs<=0.25" in ln)
     assert "todo" in line
+
+
+def test_record_work_counts_the_tuning_once_and_each_training_apart():
+    """A row's lr tuning lives in one cell's wall time; trainings are added by the plan."""
+    from bench.run.plan import record_work
+
+    # dense row, seed 1 (figures of a cifar-cpu record pair): the 1-epoch cell trained the
+    # baseline (1,050 s) and tuned the lr; its 3-epoch sibling reused the tuning run
+    trained = {"cell_s": 1633.0, "baseline_train_s": 1050.0, "compress_s": 0.0,
+               "finetune_s": 65.0, "eval_s": 26.0, "measure_s": 52.0, "tune_s": 437.0}
+    sibling = {"cell_s": 73.0, "baseline_train_s": 1050.0, "compress_s": 0.0,
+               "finetune_s": 219.0, "eval_s": 26.0, "measure_s": 47.0, "tune_s": 437.0}
+    assert record_work({"cost": trained}) == pytest.approx(583.0)
+    assert record_work({"cost": sibling}) == pytest.approx(73.0)  # not its parts' 292 s
+    # newer records say what they trained; the old heuristic is not consulted
+    assert record_work({"cost": {**trained, "trained_here_s": 1040.0}}) == pytest.approx(593.0)
+    assert record_work({"cost": {**sibling, "trained_here_s": 0.0}}) == pytest.approx(73.0)
+    assert record_work({"cost": {"finetune_s": 10.0, "eval_s": 2.0}}) == pytest.approx(12.0)
+
+
+def test_a_cell_records_the_training_it_paid_for(tiny_suite, write_suite, tmp_path):
+    """Only the first cell of a baseline trains it; the others load it (trained_here_s 0)."""
+    tiny_suite["targets"].append({"macs": 0.25})
+    path = write_suite(tiny_suite)
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results), "--jobs", "1"]) == 0
+    costs = [json.loads(p.read_text())["cost"] for p in sorted((results / "cells").glob("*.json"))]
+    paid = [c["trained_here_s"] for c in costs]
+    assert sum(t > 0 for t in paid) == 1
+    assert max(paid) == pytest.approx(costs[0]["baseline_train_s"], rel=0.05)

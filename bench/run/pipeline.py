@@ -203,14 +203,14 @@ class CellPipeline:
         """
         if cell.recovery is not None:
             return self.compute_recovered(cell)
-        started = time.perf_counter()
+        started, trained0 = time.perf_counter(), self.stages.work_s
         src = self._source(cell)
         comp = self._compress(cell, src)
         model, phases, ft_seconds = self._finetune(cell, src.method, comp,
                                                    source_phases=src.phases)
         ledger = cell_ledger(cell, phases, len(self.data.train), comp.unaccounted)
         cost = {**src.cost, "compress_s": comp.seconds, "finetune_s": ft_seconds}
-        return self._evaluated(cell, model, src, comp.info, cost, ledger, started)
+        return self._evaluated(cell, model, src, comp.info, cost, ledger, started, trained0)
 
     # -- the steps of a cell -------------------------------------------------
     def _source(self, cell: Cell) -> _Source:
@@ -268,7 +268,8 @@ class CellPipeline:
         return model, phases, ft_seconds
 
     def _evaluated(self, cell: Cell, model: nn.Module, src: _Source, info: dict,
-                   cost: dict[str, float], ledger: dict, started: float) -> PendingCell:
+                   cost: dict[str, float], ledger: dict, started: float,
+                   trained0: float) -> PendingCell:
         st = self.stages
         t0 = time.perf_counter()
         test = evaluate(model, st.data, "test")
@@ -277,6 +278,9 @@ class CellPipeline:
         self.work_s += (cost["compress_s"] + cost.get("tune_s", 0.0) + cost["finetune_s"]
                         + cost["eval_s"])
         cost["cell_s"] = time.perf_counter() - started
+        # trainings this cell paid for (0 when they came from a checkpoint or a sibling):
+        # what the planner takes out of cell_s before it adds each training once
+        cost["trained_here_s"] = self.stages.work_s - trained0
         evals = {"top1": test["top1"], "top5": test.get("top5"), "test_loss": test["loss"],
                  "val_top1": val["top1"], "test_n": len(st.data.test),
                  "precision": training_precision(cell, st.device)}
@@ -295,7 +299,7 @@ class CellPipeline:
         choice is per seed, read back from a finished sibling record after a
         restart. Each cell's ledger shows its own phases and, apart, the tuning.
         """
-        started = time.perf_counter()
+        started, trained0 = time.perf_counter(), self.stages.work_s
         fam = self._families.get(cell.family_key())
         if fam is None:
             fam = self._families[cell.family_key()] = _Family(self._source(cell))
@@ -319,7 +323,7 @@ class CellPipeline:
         fam.done.add(epochs)
         if fam.done >= set(cell.recovery["budgets"]):
             self._families.pop(cell.family_key(), None)  # every budget of the row is done
-        return self._evaluated(cell, model, src, comp.info, cost, ledger, started)
+        return self._evaluated(cell, model, src, comp.info, cost, ledger, started, trained0)
 
     def _family_compressed(self, run_cell: Cell, fam: _Family) -> _Compressed:
         """The row's compressed model for this budget and lr: shared when compression

@@ -44,6 +44,27 @@ def cell_state(store: ResultStore, cell: Cell, retry_failed: bool = False) -> st
     return "todo"
 
 
+def record_work(r: dict) -> float:
+    """Seconds of a record's own work, without the trainings it paid for (the plan adds
+    each training once): its wall time `cell_s`, which holds the row's lr tuning and
+    the fine-tunes of sibling budgets when this cell did them, less `trained_here_s`.
+    Records from before that field take a training out of `cell_s` when what is left
+    still covers the cell's own parts; records without `cell_s` sum those parts."""
+    cost = r.get("cost", {})
+    parts = sum(float(cost.get(k, 0.0)) for k in ("compress_s", "finetune_s", "eval_s",
+                                                  "measure_s"))
+    if "cell_s" not in cost:
+        return parts
+    work = float(cost["cell_s"])
+    if "trained_here_s" in cost:
+        return max(0.0, work - float(cost["trained_here_s"]))
+    for key in ("baseline_train_s", "method_train_s"):
+        trained = float(cost.get(key) or 0.0)
+        if trained and work - trained >= parts:
+            work -= trained
+    return work
+
+
 @dataclass
 class Plan:
     """What a run would do: each cell's state and an estimate from earlier records."""
@@ -63,13 +84,20 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _mean_cost(records: list[dict], name: str) -> float | None:
+    """The mean of a cost field over the records that have it (non-zero)."""
+    return _mean([float(r["cost"][name]) for r in records if r["cost"].get(name)])
+
+
 def plan_suite(suite: Suite, results_dir: str | Path, retry_failed: bool = False) -> Plan:
     """States of all cells and a serial time estimate from this directory's ok records.
 
-    A cell's estimate is the mean compress + fine-tune + evaluation + measurement
-    seconds of records of the same method on the same model and dataset (else of
-    any method there); each dense baseline and each "train"-method training
-    without a checkpoint adds its recorded training seconds once.
+    A cell's estimate is the mean work of records of the same method on the same
+    model and dataset (else of any method there): each record's wall time less the
+    trainings it paid for, so a row's lr tuning, done inside one of its cells, is
+    spread over the row's budgets; each dense baseline and each "train"-method
+    training without a checkpoint adds its recorded training seconds once (a
+    "train" method without records, the dense baseline's).
     """
     store = ResultStore(results_dir)
     cells = expand(suite)
@@ -83,11 +111,6 @@ def plan_suite(suite: Suite, results_dir: str | Path, retry_failed: bool = False
             state = "done" if status in ("ok", "not_applicable") else "failed"
         plan.rows.append((c, state))
 
-    def cell_part(r: dict) -> float:
-        cost = r.get("cost", {})
-        return sum(float(cost.get(k, 0.0)) for k in ("compress_s", "finetune_s", "eval_s",
-                                                     "measure_s"))
-
     def where(**match: Any) -> list[dict]:
         return [r for r in records if all(r.get(k) == v for k, v in match.items())]
 
@@ -99,8 +122,8 @@ def plan_suite(suite: Suite, results_dir: str | Path, retry_failed: bool = False
         if state == "pending":
             part = _mean([float(r["cost"].get("measure_s", 0.0)) for r in same])
         else:
-            part = _mean([cell_part(r) for r in same if r.get("method_name") == c.method]) \
-                or _mean([cell_part(r) for r in same])
+            part = _mean([record_work(r) for r in same if r.get("method_name") == c.method]) \
+                or _mean([record_work(r) for r in same])
         if part is None:
             plan.unknown += 1
             continue
@@ -115,8 +138,11 @@ def plan_suite(suite: Suite, results_dir: str | Path, retry_failed: bool = False
         trainings.add(key)
         field_ = "method_train_s" if kind == "train" else "baseline_train_s"
         pool = [r for r in same if r.get("method_name") == c.method] if kind == "train" else same
-        plan.estimate_s += _mean([float(r["cost"].get(field_, 0.0)) for r in pool
-                                  if r["cost"].get(field_)]) or 0.0
+        # a "train" method not recorded yet trains for the suite's training budget:
+        # priced as the dense baseline's training
+        plan.estimate_s += (_mean_cost(pool, field_)
+                            or (_mean_cost(same, "baseline_train_s") if kind == "train"
+                                else None) or 0.0)
     return plan
 
 
