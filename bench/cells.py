@@ -47,7 +47,9 @@ class Cell(BaseModel):
     finetune: TrainBudget
     latency: LatencySpec
     # With a suite's ``recovery`` axis: {"epochs": this cell's budget, "budgets": all of
-    # them, "lr_grid": the recovery lrs tuned per row}; ``finetune.epochs`` is the budget.
+    # them, "lr_grid": the recovery lrs tuned per row, and with lr_chosen_on: first-seed
+    # "lr_from_seed": the seed whose choice every seed reuses}; ``finetune.epochs`` is the
+    # budget.
     recovery: dict[str, Any] | None = None
 
     @property
@@ -109,10 +111,30 @@ class Cell(BaseModel):
             "finetune": self.finetune.model_copy(update=update),
             "recovery": {**(self.recovery or {}), "epochs": epochs}})
 
+    @property
+    def lr_donor_seed(self) -> int | None:
+        """The seed whose recovery-lr choice this row reuses; None when it tunes its own
+        (every seed tunes, or this is the seed that tunes for the others)."""
+        donor = (self.recovery or {}).get("lr_from_seed")
+        return None if donor is None or int(donor) == self.seed else int(donor)
+
+    def at_seed(self, seed: int) -> Cell:
+        """The same row and budget on another seed."""
+        return self.model_copy(update={"seed": seed})
+
     def describe(self) -> str:
         recovery = "" if self.recovery is None else f" recovery={self.recovery['epochs']}ep"
         return (f"{self.model.display}/{self.dataset.display} seed={self.seed} "
                 f"{self.method_label} {self.target_label}{recovery}")
+
+
+def lr_donors(cell: Cell) -> list[Cell]:
+    """The cells (every recovery budget) of this row on the seed whose lr choice it reuses
+    under ``lr_chosen_on: first-seed``; empty when the cell tunes its own."""
+    if cell.lr_donor_seed is None:
+        return []
+    donor = cell.at_seed(cell.lr_donor_seed)
+    return [donor.at_recovery(int(e)) for e in (cell.recovery or {}).get("budgets", [])]
 
 
 def method_label(name: str, label: str | None, params: dict, grid_keys: list[str]) -> str:
@@ -137,14 +159,17 @@ def bind_target(cls: type, params: dict, target: dict[str, float] | None) -> dic
     return cls.Params(**bind(dict(params), dict(target))).model_dump(mode="json")
 
 
-def recovery_budgets(suite: Suite) -> list[tuple[TrainBudget, dict[str, Any] | None]]:
+def recovery_budgets(suite: Suite, seeds: list[int]
+                     ) -> list[tuple[TrainBudget, dict[str, Any] | None]]:
     """(fine-tune budget, the cell's ``recovery``) per recovery budget of the suite: the
-    ``finetune`` block alone without the axis."""
+    ``finetune`` block alone without the axis. ``seeds``: the model's, whose first tunes
+    the lr for all of them under ``lr_chosen_on: first-seed``."""
     if suite.recovery is None:
         return [(suite.finetune, None)]
     rec = suite.recovery
+    donor = {"lr_from_seed": seeds[0]} if rec.lr_chosen_on == "first-seed" else {}
     return [(suite.finetune.model_copy(update={"epochs": e}),
-             {"epochs": e, "budgets": list(rec.epochs), "lr_grid": list(rec.lr_grid)})
+             {"epochs": e, "budgets": list(rec.epochs), "lr_grid": list(rec.lr_grid), **donor})
             for e in rec.epochs]
 
 
@@ -153,6 +178,8 @@ def expand(suite: Suite) -> list[Cell]:
     cells: list[Cell] = []
     for model in suite.models:
         for dataset in suite.datasets:
+            # the seed that tunes for the others is the whole suite's first, in a slice too
+            budgets = recovery_budgets(suite, list(model.seeds or suite.full_suite.seeds))
             for seed in (model.seeds or suite.seeds):
                 for spec in suite.methods:
                     cls = get_method(spec.name)
@@ -161,7 +188,7 @@ def expand(suite: Suite) -> list[Cell]:
                         full = cls.Params(**params).model_dump(mode="json")
                         label = method_label(spec.name, spec.label, params, sorted(spec.grid))
                         for target in (targets if cls.uses_target else [None]):
-                            for finetune, recovery in recovery_budgets(suite):
+                            for finetune, recovery in budgets:
                                 cells.append(Cell(
                                     model=model, dataset=dataset, seed=seed, method=spec.name,
                                     method_label=label, params=bind_target(cls, full, target),

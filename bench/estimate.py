@@ -22,8 +22,9 @@ epochs), else nothing. Every row is fine-tuned for the fine-tune budget (a
 regularization phase such as funnel's is part of it). With recovery budgets,
 each row and seed pays its compression once and its lr choice once (every lr
 of the grid fine-tunes at the largest budget), and each smaller budget one
-fine-tune with the chosen lr. A compressed model is priced as the dense one
-(an upper bound for fine-tuning).
+fine-tune with the chosen lr; under ``lr_chosen_on: first-seed`` only the first
+seed chooses, and the other seeds fine-tune once per budget. A compressed model
+is priced as the dense one (an upper bound for fine-tuning).
 Work on the device is GPU time when the device is CUDA; latency timing on the
 CPU is CPU time.
 """
@@ -245,10 +246,12 @@ def estimate_suite(suite: Any, results_dir: str | Path, data_root: str | None = 
             compress = compress if first else 0.0
             top = max(int(e) for e in c.recovery["budgets"])
             grid = len(c.recovery["lr_grid"])
-            tuning = _train_s(p, c.finetune, top) * grid if first else 0.0
+            tunes = first and c.lr_donor_seed is None  # else it reuses the first seed's lr
+            tuning = _train_s(p, c.finetune, top) * grid if tunes else 0.0
             # the largest budget's cell is the tuning run the lr choice kept
-            finetune = tuning + (0.0 if c.finetune.epochs == top else finetune)
-            if grid > 1 and first:
+            finetune = tuning + (0.0 if c.finetune.epochs == top and c.lr_donor_seed is None
+                                 else finetune)
+            if grid > 1 and tunes:
                 evaluation_val = grid * len(data.val) * p.eval_s_per_image
                 finetune += evaluation_val
         evaluation = p.eval_size * p.eval_s_per_image

@@ -135,6 +135,7 @@ def preflight(suite: Any, results_dir: str | os.PathLike, data_root_dir: str | N
         if problems:
             raise PreflightError(problems)
         return report
+    problems += missing_lr_donors(cells, store)
     specs = {c.dataset.model_dump_json(): c.dataset for c in cells}
     for key, spec in specs.items():
         try:
@@ -179,6 +180,35 @@ def preflight(suite: Any, results_dir: str | os.PathLike, data_root_dir: str | N
             f"built, about {_mb(report.disk_needed)} of disk needed ({_mb(report.disk_free)} "
             "free)")
     return report
+
+
+def has_lr_choice(store: Any, cell: Any) -> bool:
+    """Whether the store holds an ok record of ``cell`` with its recovery-lr choice."""
+    rec = store.load(cell.id) or {}
+    return rec.get("status") == "ok" and "chosen_lr" in ((rec.get("ledger") or {})
+                                                          .get("tuning") or {})
+
+
+def missing_lr_donors(cells: list[Any], store: Any) -> list[str]:
+    """Rows that reuse their first seed's lr choice (``lr_chosen_on: first-seed``) while
+    that seed neither has a record of the row here nor runs in this run (e.g. --only
+    left it out): one line per row."""
+    from bench.cells import lr_donors
+
+    running = {c.id for c in cells}
+    problems: dict[str, str] = {}
+    for c in cells:
+        donors = lr_donors(c)
+        if not donors or c.family_key() in problems:
+            continue
+        if any(d.id in running or has_lr_choice(store, d) for d in donors):
+            continue
+        seed = donors[0].seed
+        problems[c.family_key()] = (
+            f"{c.describe()}: recovery.lr_chosen_on is first-seed, so this row reuses the lr "
+            f"chosen on seed {seed}, which has no record of it in {store.root} and is not in "
+            f"this run; run seed {seed} of the row first, or add seed={seed} to --only")
+    return list(problems.values())
 
 
 def _mb(n: int) -> str:

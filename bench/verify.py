@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.cells import expand
+from bench.cells import expand, lr_donors
 from bench.store import ResultStore
 from bench.suite import Suite
 
@@ -290,6 +290,18 @@ def check_cells(suite: Suite, committed: ResultStore, fresh: ResultStore) -> lis
     return checks
 
 
+def lend_lr_choices(suite: Suite, committed: ResultStore, fresh: ResultStore) -> None:
+    """Under ``lr_chosen_on: first-seed`` a slice's other seeds reuse the first seed's lr
+    choice: copy the committed records that hold it (of rows the slice does not
+    recompute) into the fresh store, as inputs; they are not compared."""
+    ids = {c.id for c in expand(suite)}
+    for cell in expand(suite):
+        for donor in lr_donors(cell):
+            rec = committed.load(donor.id)
+            if donor.id not in ids and rec is not None and fresh.load(donor.id) is None:
+                fresh.save(rec)
+
+
 def verify_suite(suite: Suite, results_dir: Path, *, data_root: str | None = None,
                  workdir: Path | None = None, run: Callable[..., Any] | None = None,
                  check: Callable[..., Any] | None = None) -> list[CellCheck]:
@@ -308,6 +320,7 @@ def verify_suite(suite: Suite, results_dir: Path, *, data_root: str | None = Non
     committed = ResultStore(results_dir)
 
     def recompute(where: Path) -> list[CellCheck]:
+        lend_lr_choices(suite, committed, ResultStore(where))
         check(suite, where, data_root)
         summary = run(suite, where, data_root=data_root, say=lambda line: None)
         stopped = list(getattr(summary, "environment", None) or [])

@@ -54,9 +54,11 @@ def test_each_budget_is_a_cell_and_ids_differ(tiny_suite, write_suite):
     ({"epochs": [1], "lr_grid": [-1.0]}, {}, "recovery.lr_grid[0]"),
     ({"epochs": [1], "lr_grid": []}, {}, "recovery.lr_grid"),
     ({"epochs": [1], "lr_grid": [1e-3], "lr": 3}, {},
-     "recovery.lr: Unknown field 'lr'. Available: epochs, lr_grid"),
+     "recovery.lr: Unknown field 'lr'. Available: epochs, lr_chosen_on, lr_grid"),
     ({"epochs": [1, 2], "lr_grid": [1e-3]}, {"epochs": 1}, "finetune.epochs: set by recovery"),
     ({"epochs": [1, 2], "lr_grid": [1e-3]}, {"lr": 1e-3}, "finetune.lr: set by recovery"),
+    ({"epochs": [1, 2], "lr_grid": [1e-3], "lr_chosen_on": "last-seed"}, {},
+     "recovery.lr_chosen_on"),
 ])
 def test_bad_recovery_blocks_are_refused_with_the_field(tiny_suite, write_suite, recovery,
                                                         finetune, message):
@@ -268,3 +270,61 @@ def test_a_report_without_results_draws_no_empty_plots_and_the_site_shows_no_pic
     assert json.loads((out / "scores.json").read_text())["thumb"] is None
     site = publish_site(reports, include_examples=True).read_text()
     assert "<img" not in site
+
+
+def test_lr_chosen_on_each_seed_by_default_keeps_the_committed_ids_and_hash():
+    """cifar-cpu was computed before the setting existed: its ids and hash stay."""
+    suite, _ = load_suite("cifar-cpu", check_models=False)
+    assert suite.recovery is not None and suite.recovery.lr_chosen_on == "each-seed"
+    committed = {p.stem for p in (ROOT / "results" / "cifar-cpu" / "cells").glob("*.json")}
+    assert committed and committed <= {c.id for c in expand(suite)}
+    manifest = json.loads((ROOT / "results" / "cifar-cpu" / "manifest.json").read_text())
+    assert suite.hash() == manifest["suite_hash"]
+
+
+def first_seed_suite(tiny_suite: dict) -> dict:
+    suite = recovery_suite(tiny_suite)
+    suite["recovery"]["lr_chosen_on"] = "first-seed"
+    suite["methods"] = [{"name": "dense"}, {"name": "svd"}]
+    suite["seeds"] = [0, 1]
+    return suite
+
+
+def test_first_seed_tuning_chooses_once_per_row_and_the_other_seeds_reuse_it(
+        tiny_suite, write_suite, tmp_path, capsys):
+    path = write_suite(first_seed_suite(tiny_suite))
+    results = tmp_path / "results"
+    # a slice of seed 1 alone cannot run before seed 0 has chosen: stopped before compute
+    assert main(["run", str(path), "--results", str(results), "--only", "seed=1"]) == 2
+    err = capsys.readouterr().err
+    assert "lr_chosen_on is first-seed" in err and "add seed=0 to --only" in err
+    assert not list((results / "cells").glob("*.json"))
+    assert main(["run", str(path), "--results", str(results), "--jobs", "2"]) == 0
+    assert "other cell(s) reuse its recovery-lr choices" in capsys.readouterr().out
+    records = [json.loads(p.read_text()) for p in (results / "cells").glob("*.json")]
+    assert len(records) == 8 and all(r["status"] == "ok" for r in records)
+    chosen = {}
+    for r in records:
+        t = r["ledger"]["tuning"]
+        row = (r["method_name"], r["target_label"])
+        if r["seed"] == 0:
+            assert "from_seed" not in t and t["steps"] > 0 and r["cost"]["tune_s"] > 0
+            chosen[row] = t["chosen_lr"]
+        else:  # no tuning of its own: the first seed's lr, its steps shown apart
+            assert t["from_seed"] == 0 and t["steps"] == 0 and t["tuned_steps"] > 0
+            assert r["cost"]["tune_s"] == 0
+    for r in records:
+        row = (r["method_name"], r["target_label"])
+        assert r["ledger"]["tuning"]["chosen_lr"] == chosen[row]
+        # every budget's fine-tune ran at the chosen lr, seed 1's largest budget included
+        finetune = [ph for ph in r["ledger"]["phases"] if ph["phase"] == "finetune"]
+        assert finetune and all(ph["optimizer"]["lr"] == chosen[row] for ph in finetune)
+    out = tmp_path / "report"
+    assert main(["report", str(path), "--results", str(results), "--out", str(out)]) == 0
+    md = (out / "README.md").read_text()
+    assert "on the validation split, on seed 0 and reused for the other seeds" in md
+    assert "optimizer steps per row (" in md
+    # verify of seed 1 alone lends it the committed seed-0 choice and recomputes equal
+    capsys.readouterr()
+    assert main(["verify", str(path), "--results", str(results), "--only", "seed=1"]) == 0
+    assert "4 same" in capsys.readouterr().out

@@ -280,14 +280,20 @@ def recovery_header(manifest: Manifest, records: list[Record], main_budget: int 
     (optimizer steps per row and seed, from the records' ledgers)."""
     if main_budget is None:
         return None
+    # rows that reused their first seed's choice (lr_chosen_on: first-seed) spent no steps
     steps = sorted({int(r.get("ledger.tuning.steps")) for r in records
-                    if r.get("ledger.tuning.steps") is not None})
+                    if r.get("ledger.tuning.steps") is not None
+                    and r.get("ledger.tuning.from_seed") is None})
+    donors = sorted({int(r.recovery["lr_from_seed"]) for r in records
+                     if (getattr(r, "recovery", None) or {}).get("lr_from_seed") is not None})
+    per = (f"on seed {donors[0]} and reused for the other seeds" if len(donors) == 1
+           else "per seed")
     per_epoch = sorted({int(p.steps) // max(1, int(r.recovery["epochs"]))
                         for r in records if r.ledger and getattr(r, "recovery", None)
                         for p in r.ledger.phases if p.phase == "finetune" and p.steps
                         and r.method_name in manifest.reference_names()})
     grid = ", ".join(f"{lr:g}" for lr in manifest.lr_grid)
-    cost = (f"{steps[0]:,} optimizer steps per row and seed"
+    cost = (f"{steps[0]:,} optimizer steps per row" + ("" if donors else " and seed")
             + (f" ({steps[0] / per_epoch[0]:.0f} recovery epochs)" if per_epoch else "")
             if len(steps) == 1 else
             "tuning steps differ between rows: " + ", ".join(f"{s:,}" for s in steps)
@@ -296,7 +302,7 @@ def recovery_header(manifest: Manifest, records: list[Record], main_budget: int 
     return {"budgets": budgets, "main": main_budget, "grid": grid, "cost": cost,
             "text": f"Recovery budgets: {budgets} fine-tune epochs, each its own comparison "
                     f"(the summary shows {main_budget}, the largest). Every row's recovery lr "
-                    f"is chosen from [{grid}] on the validation split, per seed, at "
+                    f"is chosen from [{grid}] on the validation split, {per}, at "
                     f"{main_budget} epochs, and reused for the smaller budgets; the choice "
                     f"costs {cost}, the same for every row."}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from bench.cells import Cell, content_hash, expand
+from bench.cells import Cell, content_hash, expand, lr_donors
 from bench.manifest import write_manifest
 from bench.progress import CellLog, SuiteProgress
 from bench.run.errors import WorkerDiedError
@@ -277,34 +277,51 @@ def run_suite(suite: Suite, results_dir: str | Path, *, device: torch.device | N
         + f"); executor: {ex.describe()}")
     device = device or default_device()
     restore_threads = apply_training_threads(ex.threads, say)
-    groups = [(content_hash(list(key)), g)
-              for key, g in group_cells(todo, store.has_checkpoint).items()]
+    waves = lr_waves(todo)
+    if len(waves) > 1:
+        say(f"the first seed's {len(waves[0])} cell(s) run first: {len(waves[1])} other "
+            "cell(s) reuse its recovery-lr choices (recovery.lr_chosen_on: first-seed)")
     with SuiteProgress(len(todo), suite.name) as progress:
         if not progress.enabled:
             progress.write = say  # type: ignore[method-assign]
         driver = Driver(suite, store, ex, device, data_root, retry_failed, summary, progress)
         waited = False
         try:
-            while groups:
-                driver.locked = []
-                ex.run(driver.tasks(groups), driver.handle)
-                t0 = time.perf_counter()
-                driver.time_pending()
-                summary.timing_phase_s += time.perf_counter() - t0
-                driver.release()
-                groups = driver.locked
-                if groups and not waited:
-                    say(f"waiting for {len(groups)} group(s) held by another run on "
-                        f"{store.root} to finish")
-                    waited = True
-                while groups and all(_held_by_other(store, name) for name, _ in groups):
-                    time.sleep(wait_poll_s)
+            for wave in waves:
+                groups = [(content_hash(list(key)), g)
+                          for key, g in group_cells(wave, store.has_checkpoint).items()]
+                while groups:
+                    driver.locked = []
+                    ex.run(driver.tasks(groups), driver.handle)
+                    t0 = time.perf_counter()
+                    driver.time_pending()
+                    summary.timing_phase_s += time.perf_counter() - t0
+                    driver.release()
+                    groups = driver.locked
+                    if groups and not waited:
+                        say(f"waiting for {len(groups)} group(s) held by another run on "
+                            f"{store.root} to finish")
+                        waited = True
+                    while groups and all(_held_by_other(store, name) for name, _ in groups):
+                        time.sleep(wait_poll_s)
         finally:
             driver.release()
             restore_threads()
             summary.stale_locks = store.clean_stale_locks()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def lr_waves(cells: list[Cell]) -> list[list[Cell]]:
+    """The cells in the order their lr choices allow: under ``lr_chosen_on: first-seed``
+    the rows whose first seed runs here wait for it (records land after each wave's
+    timing phase, and the later seeds read the choice from them); one wave otherwise."""
+    running = {c.id for c in cells}
+    later = [c for c in cells if any(d.id in running for d in lr_donors(c))]
+    if not later:
+        return [cells]
+    held = {c.id for c in later}
+    return [[c for c in cells if c.id not in held], later]
 
 
 def _held_by_other(store: ResultStore, name: str) -> bool:

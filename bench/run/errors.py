@@ -17,3 +17,8 @@ class WorkerDiedError(RuntimeError):
 
 class TimingHandoffError(RuntimeError):
     """A compressed model could not be handed to the driver's timing phase."""
+
+
+class LrChoiceMissingError(RuntimeError):
+    """A row reuses another seed's recovery-lr choice (``lr_chosen_on: first-seed``) and
+    that seed has no finished record of the row with one."""

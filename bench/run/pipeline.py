@@ -27,6 +27,7 @@ from bench.ledger import (
 from bench.measure import environment, measure_deployable
 from bench.method import Cost, NotApplicableError
 from bench.plugins import get_method
+from bench.run.errors import LrChoiceMissingError
 from bench.run.stages import GroupStages, budget_kwargs, seed_everything
 from bench.train import evaluate, train
 
@@ -297,14 +298,18 @@ class CellPipeline:
         the best validation top-1 wins (never the test split), and that run is the
         largest budget's cell; smaller budgets fine-tune with the chosen lr. The
         choice is per seed, read back from a finished sibling record after a
-        restart. Each cell's ledger shows its own phases and, apart, the tuning.
+        restart; with ``lr_chosen_on: first-seed`` the other seeds read it from the first
+        seed's record instead of tuning. Each cell's ledger shows its own phases and,
+        apart, the tuning.
         """
         started, trained0 = time.perf_counter(), self.stages.work_s
         fam = self._families.get(cell.family_key())
         if fam is None:
             fam = self._families[cell.family_key()] = _Family(self._source(cell))
         src = fam.source
-        tuning = fam.tuning or self._stored_tuning(cell) or self._tune(cell, fam)
+        tuning = fam.tuning or self._stored_tuning(cell) or (
+            self._donated_tuning(cell) if cell.lr_donor_seed is not None
+            else self._tune(cell, fam))
         fam.tuning = tuning
         epochs = cell.recovery_epochs
         tuned = fam.tuned.pop(epochs, None)
@@ -361,6 +366,20 @@ class CellPipeline:
                 "steps": sum(r[2] for r in results) if len(grid) > 1 else 0,
                 "val_top1": {f"{lr:g}": val for lr, val, _, _ in results if val is not None},
                 "split": "val", "per": "seed", "seconds": time.perf_counter() - t0}
+
+    def _donated_tuning(self, cell: Cell) -> dict[str, Any]:
+        """The lr the row chose on its first seed (``lr_chosen_on: first-seed``), read from
+        that seed's record; this seed spends no tuning steps of its own."""
+        donor = cell.at_seed(int(cell.lr_donor_seed or 0))
+        tuning = self._stored_tuning(donor)
+        if tuning is None:
+            raise LrChoiceMissingError(
+                f"{cell.describe()}: its recovery lr is the one chosen on seed {donor.seed} "
+                f"(recovery.lr_chosen_on: first-seed), and {donor.describe()} has no "
+                f"finished record with that choice in {self.stages.store.root}; run seed "
+                f"{donor.seed} of this row first (a run without --only does it first)")
+        return {**tuning, "steps": 0, "tuned_steps": tuning.get("steps", 0),
+                "per": "first seed", "from_seed": donor.seed}
 
     def _stored_tuning(self, cell: Cell) -> dict[str, Any] | None:
         """The lr choice of this row and seed from a finished sibling record, if any."""
