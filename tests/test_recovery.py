@@ -159,6 +159,10 @@ def test_the_report_has_a_table_per_budget_the_recovery_view_and_a_summary_at_th
     # the site card shows the main (largest) budget, not the first file name
     assert json.loads((out / "scores.json").read_text())["thumb"] == \
         "acc-vs-macs-mlp-digits-recovery-2.svg"
+    from bench.report.site import publish_site
+
+    site = publish_site(tmp_path, include_examples=True).read_text()
+    assert site.count("mlp on digits") == 1  # one model x dataset, not one per budget
     csv = (out / "results.csv").read_text().splitlines()
     assert "recovery_epochs" in csv[0] and "recovery_lr" in csv[0]
 

@@ -143,7 +143,9 @@ def publish_site(reports_root: Path, out: Path | None = None, include_examples: 
             "counts": ", ".join(f"{counts[k]} {k}" for k in
                                 ("ok", "over budget", "failed", "not applicable", "not run")
                                 if counts.get(k)) + f" of {counts.get('expected', '?')}",
-            "pairs": [f"{g.get('model')} on {g.get('dataset')}" for g in groups],
+            # one per model x dataset, however many recovery budgets it has
+            "pairs": list(dict.fromkeys(f"{g.get('model')} on {g.get('dataset')}"
+                                        for g in groups)),
             "thumb": f"{d.name}/{thumb}" if thumb else None})
     ranking = [rank_row(r) for r in cross_ranking(rows)]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
