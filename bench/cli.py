@@ -68,7 +68,7 @@ def cmd_run(args) -> int:
     try:
         summary = run_suite(suite, results, data_root=args.data_root,
                             retry_failed=args.retry_failed, executor=args.executor,
-                            jobs=args.jobs)
+                            jobs=args.jobs, share_timing=not args.time_each_cell)
     except RuntimeError as exc:
         if "executor needs Ray" not in str(exc):
             raise
@@ -282,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["serial", "local", "ray"],
                    help="where groups run (default: serial for --jobs 1, else local); ray "
                         "connects to $RAY_ADDRESS or starts a local Ray instance")
+    p.add_argument("--time-each-cell", action="store_true",
+                   help="time every cell; by default a row's architecture is timed once on "
+                        "this machine and its other seeds and recovery budgets reuse the figures")
     p.add_argument("--only", metavar="KEY=VALUE,...",
                    help="run a slice: keys model, dataset, seed, method, target; several values "
                         "with |, e.g. --only model=resnet18-cifar,seed=0,method=svd|prune-l1")

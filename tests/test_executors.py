@@ -59,6 +59,11 @@ def test_local_jobs_match_serial_and_a_killed_worker_costs_one_cell(serial_resul
                for r in killed)
     ok = {cid: r for cid, r in recs.items() if r["status"] == "ok"}
     _same_science(serial, ok)
+    # the timing phase timed the dense architecture once; the other seed reused it
+    dense = sorted((r for r in ok.values() if r["method"] == "dense"),
+                   key=lambda r: "shared_from" in r["metrics"]["timing"])
+    assert "shared_from" not in dense[0]["metrics"]["timing"]
+    assert dense[1]["metrics"]["timing"]["shared_from"] == dense[0]["cell_id"]
 
 
 @pytest.mark.skipif(not ray_available(), reason="Ray is not installed: "

@@ -26,6 +26,11 @@ from bench.method import Cost, Target
 
 log = logging.getLogger("lowrank_bench")
 
+# the figures measure_deployable takes by timing; everything else it counts
+TIMING_KEYS: tuple[str, ...] = (
+    "latency", "cuda_status", "latency_paired", "latency_paired_runtimes", "runtime_info",
+    "runtime_vs_eager", "latency_breakdown", "cpu_peak_rss_mb_approx", "cuda_peak_mem_mb")
+
 
 class LatencySettings(Protocol):
     """What timing needs from a suite's ``latency`` block (bench.suite.LatencySpec)."""
@@ -156,7 +161,8 @@ def measure_deployable(model: nn.Module, input_shape: tuple[int, ...],
                        latency_spec: LatencySettings, dense_cost: Cost,
                        target: Target | None,
                        reference: nn.Module | None = None,
-                       runtime_vs_eager: bool = False) -> dict[str, Any]:
+                       runtime_vs_eager: bool = False,
+                       timed: dict[str, Any] | None = None) -> dict[str, Any]:
     """All measurements of a deployable model, as the ``metrics`` of its record.
 
     MACs from both counters (with uncounted ops and per-layer own MACs), ratios
@@ -175,6 +181,9 @@ def measure_deployable(model: nn.Module, input_shape: tuple[int, ...],
     time / runtime time; ``model`` is the runtime side, ``reference`` the eager one),
     with ``vs_eager_state`` (and ``vs_eager_error``) in that runtime's
     ``runtime_info``. Neither model passed in is moved or modified.
+
+    ``timed`` (the :data:`TIMING_KEYS` of a record of the same architecture, timed on
+    this machine) replaces all timing: only the counts and size are taken here.
     """
     params = count_params(model)
     macs = mac_report(model, input_shape)
@@ -191,6 +200,22 @@ def measure_deployable(model: nn.Module, input_shape: tuple[int, ...],
                          "met": achieved <= target.ratio + 1e-9,
                          "over_by": max(0.0, achieved - target.ratio)}
     cpu_model = copy.deepcopy(model).to("cpu")
+    if timed is not None:
+        out.update(copy.deepcopy(timed))
+    else:
+        out.update(_timed(model, cpu_model, input_shape, latency_spec, reference,
+                          runtime_vs_eager))
+    out["size_bytes"] = safetensors_bytes(cpu_model)
+    out["size_tensor_bytes"] = tensor_bytes(cpu_model)
+    out["param_count_check"] = count_params(cpu_model)
+    return out
+
+
+def _timed(model: nn.Module, cpu_model: nn.Module, input_shape: tuple[int, ...],
+           latency_spec: LatencySettings, reference: nn.Module | None,
+           runtime_vs_eager: bool) -> dict[str, Any]:
+    """The :data:`TIMING_KEYS` of measure_deployable, measured."""
+    out: dict[str, Any] = {}
     latency = time_all(cpu_model, input_shape, latency_spec, "cpu")
     if latency_spec.cuda == "auto" and torch.cuda.is_available():
         gpu_model = copy.deepcopy(model).to("cuda")
@@ -215,7 +240,4 @@ def measure_deployable(model: nn.Module, input_shape: tuple[int, ...],
                                                   latency_spec.threads)
     out["cpu_peak_rss_mb_approx"] = _max_of(latency, "cpu", "cpu_peak_rss_delta_mb_approx")
     out["cuda_peak_mem_mb"] = _max_of(latency, "cuda", "cuda_peak_mem_mb")
-    out["size_bytes"] = safetensors_bytes(cpu_model)
-    out["size_tensor_bytes"] = tensor_bytes(cpu_model)
-    out["param_count_check"] = count_params(cpu_model)
     return out

@@ -22,6 +22,7 @@ from bench.run.executors import Event, Executor, GroupTask, make_executor
 from bench.run.pipeline import CellPipeline, PendingCell, failed_record
 from bench.run.plan import cell_state, group_cells
 from bench.run.stages import GroupStages, default_device
+from bench.run.timing_share import SharedTimings
 from bench.run.worker import execute_group, load_cell_dataset
 from bench.store import Locked, ResultStore
 from bench.suite import Suite
@@ -55,8 +56,9 @@ class Driver:
 
     def __init__(self, suite: Suite, store: ResultStore, executor: Executor,
                  device: torch.device, data_root: str | None, retry_failed: bool,
-                 summary: RunSummary, progress: SuiteProgress):
+                 summary: RunSummary, progress: SuiteProgress, share_timing: bool = True):
         self.suite, self.store, self.executor = suite, store, executor
+        self.share_timing = share_timing
         self.device, self.data_root, self.retry_failed = device, data_root, retry_failed
         self.summary, self.progress = summary, progress
         self.suite_hash = suite.hash()
@@ -102,7 +104,8 @@ class Driver:
                             defer_timing=self.executor.defers_timing,
                             return_payloads=self.executor.return_payloads,
                             threads=self.executor.threads,
-                            epoch_bars=self.executor.epoch_bars and self.progress.enabled)
+                            epoch_bars=self.executor.epoch_bars and self.progress.enabled,
+                            share_timing=self.share_timing)
 
     def release(self) -> None:
         for path in self.held:
@@ -194,6 +197,7 @@ class Driver:
         self.write(f"timing {len(cells)} cell(s) on {self.device}, one at a time, "
                    "with nothing else running")
         pipelines: dict[tuple, CellPipeline] = {}
+        timings = SharedTimings(self.store) if self.share_timing else None
         with SuiteProgress(len(cells), "timing", enabled=self.progress.enabled) as bar:
             for cell in cells:
                 self.cells.setdefault(cell.id, cell)
@@ -203,11 +207,11 @@ class Driver:
                     self.write(f"  {cell.describe()}: pending file unreadable; recomputing")
                     self._recompute_here(cell)
                 else:
-                    self._time_one(cell, payload, pipelines)
+                    self._time_one(cell, payload, pipelines, timings)
                 bar.advance()
 
-    def _time_one(self, cell: Cell, payload: dict,
-                  pipelines: dict[tuple, CellPipeline]) -> None:
+    def _time_one(self, cell: Cell, payload: dict, pipelines: dict[tuple, CellPipeline],
+                  timings: SharedTimings | None) -> None:
         with CellLog(self.store.log_path(cell.id), f"timing {cell.describe()}") as clog:
             try:
                 key = cell.group_key()
@@ -215,7 +219,7 @@ class Driver:
                     stages = GroupStages(self.store, load_cell_dataset(cell, self.data_root),
                                          self.device, self.write)
                     pipelines[key] = CellPipeline(stages, self.suite.name, self.suite_hash,
-                                                  slice=self.suite.slice)
+                                                  slice=self.suite.slice, timings=timings)
                 pipeline = pipelines[key]
                 work0 = pipeline.total_work_s
                 record = pipeline.finish_cell(PendingCell.from_payload(cell, payload))
@@ -235,7 +239,7 @@ class Driver:
         task = GroupTask(index=index, suite=self.suite, cells=[cell],
                          results_dir=str(self.store.root), suite_hash=self.suite_hash,
                          data_root=self.data_root, device=str(self.device),
-                         retry_failed=self.retry_failed)
+                         retry_failed=self.retry_failed, share_timing=self.share_timing)
         execute_group(task, self.handle)
 
 
@@ -247,12 +251,14 @@ def _group_label(cells: list[Cell]) -> str:
 def run_suite(suite: Suite, results_dir: str | Path, *, device: torch.device | None = None,
               data_root: str | None = None, retry_failed: bool = False,
               say: Callable[[str], None] = print, executor: Executor | str | None = None,
-              jobs: int = 1, wait_poll_s: float = 1.0) -> RunSummary:
+              jobs: int = 1, wait_poll_s: float = 1.0, share_timing: bool = True) -> RunSummary:
     """Run every cell that has no record yet (or a failed one, with ``retry_failed``).
 
     Groups locked by another live run on the same directory are left to it; once
     this run's own work is done it waits for them, and takes over any whose run
-    died, so both runs end with every cell recorded exactly once.
+    died, so both runs end with every cell recorded exactly once. With ``share_timing`` a
+    row's architecture is timed once on this machine and its other cells reuse the
+    figures (bench.run.timing_share); without it every cell is timed.
     """
     started = time.perf_counter()
     store = ResultStore(results_dir)
@@ -284,7 +290,8 @@ def run_suite(suite: Suite, results_dir: str | Path, *, device: torch.device | N
     with SuiteProgress(len(todo), suite.name) as progress:
         if not progress.enabled:
             progress.write = say  # type: ignore[method-assign]
-        driver = Driver(suite, store, ex, device, data_root, retry_failed, summary, progress)
+        driver = Driver(suite, store, ex, device, data_root, retry_failed, summary, progress,
+                        share_timing=share_timing)
         waited = False
         try:
             for wave in waves:

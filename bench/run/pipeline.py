@@ -25,10 +25,12 @@ from bench.ledger import (
     phase_entry,
 )
 from bench.measure import environment, measure_deployable
+from bench.measure.fingerprint import architecture_fingerprint
 from bench.method import Cost, NotApplicableError
 from bench.plugins import get_method
 from bench.run.errors import LrChoiceMissingError
 from bench.run.stages import GroupStages, budget_kwargs, seed_everything
+from bench.run.timing_share import SharedTimings
 from bench.train import evaluate, train
 
 
@@ -175,8 +177,9 @@ class CellPipeline:
     """Runs the cells of one group on top of its shared stages."""
 
     def __init__(self, stages: GroupStages, suite_name: str, suite_hash: str,
-                 slice: str | None = None):
+                 slice: str | None = None, timings: SharedTimings | None = None):
         self.stages, self.suite_name, self.suite_hash = stages, suite_name, suite_hash
+        self.timings = timings  # latency figures shared by a row's cells (None: time each)
         self.slice = slice  # the --only filter of the run, stored in each record
         self.work_s = 0.0  # compression, fine-tuning, evaluation and measurement seconds
         self._families: dict[str, _Family] = {}  # rows with recovery budgets in progress
@@ -411,13 +414,23 @@ class CellPipeline:
 
         Latency is also timed paired with the dense reference: a fresh build of
         the cell's architecture (weights do not change dense latency); for the
-        dense row itself a deep copy, so its paired figure is an A/A check.
+        dense row itself a deep copy, so its paired figure is an A/A check. A row's
+        architecture already timed on this machine lends its figures instead
+        (bench.run.timing_share); ``metrics.timing`` says which cell was timed.
         """
+        fingerprint = architecture_fingerprint(model)
+        donor = self.timings.find(cell, fingerprint) if self.timings is not None else None
         reference = (copy.deepcopy(model) if cell.method == "dense"
                      else self.stages.fresh_model(cell))
-        return measure_deployable(model, self.data.input_shape, cell.latency, dense_cost,
-                                  cell.target_obj, reference=reference,
-                                  runtime_vs_eager=cell.method == "dense")
+        metrics = measure_deployable(model, self.data.input_shape, cell.latency, dense_cost,
+                                     cell.target_obj, reference=reference,
+                                     runtime_vs_eager=cell.method == "dense",
+                                     timed=donor.timed if donor is not None else None)
+        metrics["timing"] = ({"architecture": fingerprint, "shared_from": donor.cell_id}
+                             if donor is not None else {"architecture": fingerprint})
+        if donor is None and self.timings is not None:
+            self.timings.add(cell, fingerprint, metrics)
+        return metrics
 
     def record(self, cell: Cell, status: str, **extra: Any) -> dict:
         if self.slice:

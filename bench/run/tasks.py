@@ -28,6 +28,7 @@ class GroupTask:
     return_payloads: bool = False  # send pending models back (workers without a shared disk)
     threads: int | None = None
     epoch_bars: bool = False
+    share_timing: bool = True  # a row's architecture timed once (bench.run.timing_share)
 
     @property
     def label(self) -> str:

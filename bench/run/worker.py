@@ -21,6 +21,7 @@ from bench.run.errors import StageFailedError, TimingHandoffError
 from bench.run.pipeline import CellPipeline, error_record
 from bench.run.stages import GroupStages, default_device
 from bench.run.tasks import Event, GroupTask
+from bench.run.timing_share import SharedTimings
 from bench.store import ResultStore
 
 _DATASETS: dict[tuple, DataBundle] = {}  # per process: a worker loads each dataset once
@@ -45,7 +46,8 @@ def make_pipeline(task: GroupTask, store: ResultStore, data: DataBundle,
     stages = GroupStages(store, data, device, say)
     stages.epoch_bars = task.epoch_bars
     return CellPipeline(stages, task.suite.name, task.suite_hash,
-                        slice=getattr(task.suite, "slice", None))
+                        slice=getattr(task.suite, "slice", None),
+                        timings=SharedTimings(store) if task.share_timing else None)
 
 
 def _handoff(store: ResultStore, task: GroupTask, cell: Cell, pending: Any) -> Event:
