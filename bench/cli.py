@@ -54,7 +54,8 @@ def cmd_run(args) -> int:
         if not args.no_probe:
             from bench.estimate import estimate_suite, format_estimate
 
-            est = estimate_suite(suite, results, args.data_root, retry_failed=args.retry_failed)
+            est = estimate_suite(suite, results, args.data_root, retry_failed=args.retry_failed,
+                                 share_timing=not args.time_each_cell)
             if est.cells or est.missing:
                 print(format_estimate(est, args.jobs))
         return 0

@@ -24,7 +24,10 @@ each row and seed pays its compression once and its lr choice once (every lr
 of the grid fine-tunes at the largest budget), and each smaller budget one
 fine-tune with the chosen lr; under ``lr_chosen_on: first-seed`` only the first
 seed chooses, and the other seeds fine-tune once per budget. A compressed model
-is priced as the dense one (an upper bound for fine-tuning).
+is priced as the dense one (an upper bound for fine-tuning). Timing is priced
+once per row and seed (a row's recovery budgets deploy one architecture and
+reuse its figures, see bench.run.timing_share; seeds may share too, which the
+estimate does not count on), or per cell with ``share_timing=False``.
 Work on the device is GPU time when the device is CUDA; latency timing on the
 CPU is CPU time.
 """
@@ -186,7 +189,7 @@ def _compress_training_epochs(cell: Any) -> float:
 
 def estimate_suite(suite: Any, results_dir: str | Path, data_root: str | None = None, *,
                    device: torch.device | None = None,
-                   retry_failed: bool = False) -> Estimate:
+                   retry_failed: bool = False, share_timing: bool = True) -> Estimate:
     """Probe each distinct model of the cells still to run and add up their work."""
     from bench.cells import expand
     from bench.data import load_dataset
@@ -203,6 +206,7 @@ def estimate_suite(suite: Any, results_dir: str | Path, data_root: str | None = 
     probes: dict[tuple[str, str], ModelProbe] = {}
     trained: set[str] = set()
     families: set[str] = set()
+    timed: set[str] = set()  # rows (and seeds) whose architecture is priced as timed
     for c in cells:
         dkey = c.dataset.model_dump_json()
         if dkey not in bundles:
@@ -255,7 +259,10 @@ def estimate_suite(suite: Any, results_dir: str | Path, data_root: str | None = 
                 evaluation_val = grid * len(data.val) * p.eval_s_per_image
                 finetune += evaluation_val
         evaluation = p.eval_size * p.eval_s_per_image
-        est.add(label, method, compress + finetune + evaluation + p.measure_cuda_s, p.measure_s)
+        times = not share_timing or c.family_key() not in timed
+        timed.add(c.family_key())
+        cuda_s, cpu_s = (p.measure_cuda_s, p.measure_s) if times else (0.0, 0.0)
+        est.add(label, method, compress + finetune + evaluation + cuda_s, cpu_s)
     est.probe_s = time.perf_counter() - started
     return est
 

@@ -73,3 +73,21 @@ def test_missing_data_is_named_instead_of_estimated(tmp_path, monkeypatch):
     est = estimate_suite(suite, tmp_path / "r", str(tmp_path / "data"))
     assert est.cells == 0 and "dataset 'cifar10'" in est.missing[0]
     assert "no estimate for cells of dataset 'cifar10'" in format_estimate(est)
+
+
+def test_timing_is_priced_once_per_row_and_seed_when_shared(tiny_suite, tmp_path, monkeypatch):
+    """Two recovery budgets deploy one architecture per row and seed: timed once."""
+    import bench.estimate as estimate
+
+    monkeypatch.setattr(estimate, "probe", lambda cell, data, device: estimate.ModelProbe(
+        step_s={128: 0.01}, eval_s_per_image=1e-5, measure_s=10.0, measure_cuda_s=0.0,
+        train_size=len(data.train), eval_size=100))
+    tiny_suite["finetune"] = {"batch_size": 128, "optimizer": "adamw", "augment": False}
+    tiny_suite["recovery"] = {"epochs": [1, 2], "lr_grid": [1.0e-3]}
+    tiny_suite["seeds"] = [0, 1]
+    suite = Suite(**tiny_suite)  # dense + svd at one target: 2 rows x 2 seeds x 2 budgets
+    shared = estimate_suite(suite, tmp_path / "a", device=torch.device("cpu"))
+    each = estimate_suite(suite, tmp_path / "b", device=torch.device("cpu"), share_timing=False)
+    assert shared.cells == each.cells == 8
+    assert each.cpu_s == pytest.approx(8 * 10.0) and shared.cpu_s == pytest.approx(4 * 10.0)
+    assert each.device_s == pytest.approx(shared.device_s)
