@@ -43,6 +43,14 @@ BUDGET_FIELD = {"name": "optimizer", "lr": "lr", "weight_decay": "weight_decay",
                 "schedule": "schedule", "warmup_epochs": "warmup_epochs"}
 
 
+def recorded_lr_choice(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The recovery-lr choice (``ledger.tuning`` with ``chosen_lr``) of an ok record, if any."""
+    tuning = ((record or {}).get("ledger") or {}).get("tuning")
+    if record and record.get("status") == "ok" and tuning and "chosen_lr" in tuning:
+        return dict(tuning)
+    return None
+
+
 def ledger_phase(context_phase: str) -> str:
     """The ledger phase of a training run started as ``ctx.train(phase=...)``."""
     if context_phase in PHASES:

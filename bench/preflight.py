@@ -182,18 +182,12 @@ def preflight(suite: Any, results_dir: str | os.PathLike, data_root_dir: str | N
     return report
 
 
-def has_lr_choice(store: Any, cell: Any) -> bool:
-    """Whether the store holds an ok record of ``cell`` with its recovery-lr choice."""
-    rec = store.load(cell.id) or {}
-    return rec.get("status") == "ok" and "chosen_lr" in ((rec.get("ledger") or {})
-                                                          .get("tuning") or {})
-
-
 def missing_lr_donors(cells: list[Any], store: Any) -> list[str]:
     """Rows that reuse their first seed's lr choice (``lr_chosen_on: first-seed``) while
     that seed neither has a record of the row here nor runs in this run (e.g. --only
     left it out): one line per row."""
     from bench.cells import lr_donors
+    from bench.ledger import recorded_lr_choice
 
     running = {c.id for c in cells}
     problems: dict[str, str] = {}
@@ -201,7 +195,7 @@ def missing_lr_donors(cells: list[Any], store: Any) -> list[str]:
         donors = lr_donors(c)
         if not donors or c.family_key() in problems:
             continue
-        if any(d.id in running or has_lr_choice(store, d) for d in donors):
+        if any(d.id in running or recorded_lr_choice(store.load(d.id)) is not None for d in donors):
             continue
         seed = donors[0].seed
         problems[c.family_key()] = (

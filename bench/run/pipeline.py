@@ -23,6 +23,7 @@ from bench.ledger import (
     count_optimizer_steps,
     finetune_steps_left,
     phase_entry,
+    recorded_lr_choice,
 )
 from bench.measure import environment, measure_deployable
 from bench.measure.fingerprint import architecture_fingerprint
@@ -387,10 +388,9 @@ class CellPipeline:
     def _stored_tuning(self, cell: Cell) -> dict[str, Any] | None:
         """The lr choice of this row and seed from a finished sibling record, if any."""
         for epochs in cell.recovery["budgets"]:
-            rec = self.stages.store.load(cell.at_recovery(int(epochs)).id)
-            tuning = ((rec or {}).get("ledger") or {}).get("tuning")
-            if rec and rec.get("status") == "ok" and tuning and "chosen_lr" in tuning:
-                return dict(tuning)
+            tuning = recorded_lr_choice(self.stages.store.load(cell.at_recovery(int(epochs)).id))
+            if tuning is not None:
+                return tuning
         return None
 
     def finish_cell(self, pending: PendingCell) -> dict:
