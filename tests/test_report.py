@@ -148,6 +148,17 @@ def test_ties_within_noise_share_rank():
     assert single.method == "wilson" and single.lo < 0.9 < single.hi
 
 
+def test_a_rank_is_never_firmer_than_the_intervals():
+    """A wide row is not beaten by the second row: it shares the second rank, although a
+    narrow row with a higher mean sits between them (the old leader rule gave it =3)."""
+    top = estimate([0.600, 0.601, 0.599])
+    second = estimate([0.560, 0.561, 0.559])
+    narrow = estimate([0.500, 0.501, 0.499])
+    wide = estimate([0.455, 0.525, 0.49])  # mean 0.49, below narrow's, spread 7 pp
+    assert tie_ranks([top, second, narrow, wide]) == [(1, False), (2, True), (3, False),
+                                                       (2, True)]
+
+
 # -- curve scores -------------------------------------------------------------
 def test_area_over_common_range_is_mean_accuracy():
     flat = [(0.125, 0.8), (0.5, 0.8)]

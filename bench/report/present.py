@@ -188,11 +188,14 @@ def noise_note(a: dict, seeds: int) -> str:
         parts.append(
             f"mean ± std over {seeds} seeds; 95% CI: Student t interval of the mean over the "
             "row's own seeds (three or more), else with the seed standard deviation pooled "
-            "over the rows of its budget table (df = Σ(seeds − 1)). Ranked by mean; an entry "
-            "shares its leader's rank (=) when the 95% interval of their difference, paired "
-            "by seed (Student t of the per-seed differences from three shared seeds on; "
-            "with fewer, the seed effect removed and the residual pooled over the table), "
-            "includes 0, or, without shared seeds, when their intervals overlap.")
+            "over the rows of its budget table (df = Σ(seeds − 1)). Rank = 1 + the number of "
+            "entries better beyond the 95% intervals (= when shared): one entry is better "
+            "than another when the 95% interval of their difference, paired by seed "
+            "(Student t of the per-seed differences from three shared seeds on; with fewer, "
+            "the seed effect removed and the residual pooled over the table), excludes 0, "
+            "or, without shared seeds, when their intervals do not overlap. So an entry "
+            "nothing beats ranks 1, and a row with a wide interval can rank above a higher "
+            "mean; rows are listed by rank, then mean.")
     if single:
         where = " in some budget tables" if seeded else ""
         ci = (f"the 95% CI is the Wilson interval over the {a['test_n']} test samples, not "

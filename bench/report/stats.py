@@ -272,36 +272,32 @@ def separated(a: Estimate, b: Estimate, a_seeds: Mapping[int, float] | None = No
 def tie_ranks(estimates: Sequence[Estimate],
               per_seed: Sequence[Mapping[int, float]] | None = None,
               noise: SeedNoise | None = None) -> list[tuple[int, bool]]:
-    """Competition ranks by mean (best first); entries within noise of their leader share
-    its rank.
+    """Rank = 1 + the number of entries better beyond the 95% intervals; tied when
+    another entry has the same rank.
 
-    Returns, for each input in input order, (rank, tied). Going down by mean, an entry
-    joins the group of the last entry that started one (its leader) unless the leader
-    lies above it beyond the 95% intervals (`separated`: paired by seed when `per_seed`
-    gives each entry's {seed: value}; `noise` defaults to `seed_noise(per_seed)`), so
-    [0.9, 0.899, 0.5] with wide intervals on the first two ranks as 1, 1, 3. Intervals
-    that are not over seeds (one seed) never make a tie: only equal means share a rank.
+    Returns, for each input in input order, (rank, tied). "Better beyond the
+    intervals" is `separated` (paired by seed when `per_seed` gives each entry's
+    {seed: value}; `noise` defaults to `seed_noise(per_seed)`). So [0.9, 0.899, 0.5]
+    with wide intervals on the first two ranks as 1, 1, 3, and an entry ranks no
+    lower than the data can tell: one that no entry beats beyond the intervals ranks
+    1, even below a narrower entry's mean (the rank is the best place a rerun could
+    plausibly give it, as in upper-bound ranks of LMSYS's Chatbot Arena). Where
+    either entry's interval is not over seeds (one seed), the higher mean counts as
+    better: only equal means share a rank.
     """
     if per_seed is not None and noise is None:
         noise = seed_noise(per_seed)
     seeds = list(per_seed) if per_seed is not None else [None] * len(estimates)
-    order = sorted(range(len(estimates)), key=lambda i: -estimates[i].mean)
-    ranks: dict[int, int] = {}
-    groups: dict[int, int] = {}
-    leader: int | None = None
-    for pos, i in enumerate(order):
-        e = estimates[i]
-        if leader is not None:
-            lead = estimates[leader]
-            within = (e.mean == lead.mean or (
-                e.seed_based and lead.seed_based
-                and separated(lead, e, seeds[leader], seeds[i], noise) <= 0))
-            # <= 0: a leader that is below the entry on their shared seeds is no
-            # evidence that the entry ranks lower, so they tie
-        if leader is not None and within:
-            ranks[i] = ranks[leader]
-        else:
-            leader = i
-            ranks[i] = pos + 1
-        groups[ranks[i]] = groups.get(ranks[i], 0) + 1
-    return [(ranks[i], groups[ranks[i]] > 1) for i in range(len(estimates))]
+
+    def beats(j: int, i: int) -> bool:
+        a, b = estimates[j], estimates[i]
+        if a.seed_based and b.seed_based:
+            return separated(a, b, seeds[j], seeds[i], noise) > 0
+        return a.mean > b.mean
+
+    n = len(estimates)
+    ranks = [1 + sum(beats(j, i) for j in range(n) if j != i) for i in range(n)]
+    counts: dict[int, int] = {}
+    for r in ranks:
+        counts[r] = counts.get(r, 0) + 1
+    return [(r, counts[r] > 1) for r in ranks]
