@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from bench.cells import Cell
+from bench.cli import main
 from bench.measure.fingerprint import architecture_fingerprint
 from bench.run.driver import run_suite
 from bench.run.timing_share import SharedTimings
@@ -75,6 +76,16 @@ def test_a_rows_seeds_and_budgets_reuse_one_timing_and_each_cell_can_be_timed(
     each = ResultStore(tmp_path / "each")
     run_suite(suite, each.root, say=lambda line: None, share_timing=False)
     assert all("shared_from" not in r["metrics"]["timing"] for r in each.records())
+
+    # the report says how many cells carry another cell's timing
+    assert main(["report", str(path), "--results", str(first.root),
+                 "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "README.md").read_text()
+    assert "\n\nLatency: 2 of 8 ok cells were timed; the other 6 deploy" in md
+    assert "Latency: 2 of 8" in (tmp_path / "rep" / "index.html").read_text()
+    assert main(["report", str(path), "--results", str(each.root),
+                 "--out", str(tmp_path / "rep-each")]) == 0
+    assert "ok cells were timed" not in (tmp_path / "rep-each" / "README.md").read_text()
 
 
 def test_a_record_from_another_cpu_lends_no_timing(tiny_suite, write_suite, tmp_path):

@@ -233,6 +233,7 @@ def analyse(manifest: Manifest, records: list[Record], out_dir: Path) -> dict:
             "ranking_groups": len(groups), "provenance": prov, "warnings": warnings,
             "findings": findings_markdown(manifest, records, recovery_sections),
             "recovery": recovery_header(manifest, records, main_budget),
+            "timing": timing_header(records),
             "colors": {m: to_hex(method_style(m)[0]) for m in dict.fromkeys(view.method)}}
 
 
@@ -305,6 +306,20 @@ def recovery_header(manifest: Manifest, records: list[Record], main_budget: int 
                     f"is chosen from [{grid}] on the validation split, {per}, at "
                     f"{main_budget} epochs, and reused for the smaller budgets; the choice "
                     f"costs {cost}, the same for every row."}
+
+
+def timing_header(records: list[Record]) -> str | None:
+    """How many cells carry latency figures timed on another cell of the same row and
+    architecture (``metrics.timing.shared_from``); None when none does."""
+    ok = [r for r in records if r.status == "ok"]
+    shared = sum(r.get("metrics.timing.shared_from") is not None for r in ok)
+    if not shared:
+        return None
+    return (f"Latency: {len(ok) - shared} of {len(ok)} ok cells were timed; the other "
+            f"{shared} deploy the same architecture as a timed cell of their row (another "
+            "seed or recovery budget, same machine) and carry its figures "
+            "(metrics.timing.shared_from in their records). Weights do not change which "
+            "kernels run; counts and accuracy are every cell's own.")
 
 
 def gap_sentence(manifest: Manifest, view: pd.DataFrame) -> str:
