@@ -52,6 +52,7 @@ def test_local_jobs_match_serial_and_a_killed_worker_costs_one_cell(serial_resul
     assert main(["run", str(path), "--results", str(results), "--jobs", "2"]) == 1
     out = capsys.readouterr().out
     assert "local, 2 worker processes" in out and "timing 4 cell(s)" in out
+    assert "of 4 cell(s) carry the timing of an identical architecture of their row" in out
     recs = _by_id(results)
     killed = [r for r in recs.values() if r["status"] == "failed"]
     assert len(killed) == 2  # one per seed: each took only its own cell down

@@ -198,6 +198,7 @@ class Driver:
                    "with nothing else running")
         pipelines: dict[tuple, CellPipeline] = {}
         timings = SharedTimings(self.store) if self.share_timing else None
+        reused = 0
         with SuiteProgress(len(cells), "timing", enabled=self.progress.enabled) as bar:
             for cell in cells:
                 self.cells.setdefault(cell.id, cell)
@@ -207,11 +208,16 @@ class Driver:
                     self.write(f"  {cell.describe()}: pending file unreadable; recomputing")
                     self._recompute_here(cell)
                 else:
-                    self._time_one(cell, payload, pipelines, timings)
+                    reused += self._time_one(cell, payload, pipelines, timings)
                 bar.advance()
+        if reused:
+            self.write(f"  {reused} of {len(cells)} cell(s) carry the timing of an identical "
+                       "architecture of their row (metrics.timing.shared_from)")
 
     def _time_one(self, cell: Cell, payload: dict, pipelines: dict[tuple, CellPipeline],
-                  timings: SharedTimings | None) -> None:
+                  timings: SharedTimings | None) -> bool:
+        """Time (or reuse the timing of) one pending cell and save its record; whether it
+        reused another cell's timing."""
         with CellLog(self.store.log_path(cell.id), f"timing {cell.describe()}") as clog:
             try:
                 key = cell.group_key()
@@ -231,6 +237,7 @@ class Driver:
             clog.write(f"== {'done' if record['status'] == 'ok' else 'failed'}")
         self.store.save(record)
         self._recorded(cell, record)
+        return "shared_from" in ((record.get("metrics") or {}).get("timing") or {})
 
     def _recompute_here(self, cell: Cell) -> None:
         index = len(self.group_of)
