@@ -333,3 +333,22 @@ def test_first_seed_tuning_chooses_once_per_row_and_the_other_seeds_reuse_it(
     capsys.readouterr()
     assert main(["verify", str(path), "--results", str(results), "--only", "seed=1"]) == 0
     assert "4 same" in capsys.readouterr().out
+
+
+def test_the_recovery_table_lists_rows_by_mean_at_the_largest_budget(tmp_path):
+    """It has no rank column: a row ranked high for a wide interval must not sit above a
+    higher mean."""
+    from bench.report.recovery_view import recovery_section
+    from bench.report.stats import estimate
+
+    def analysis(means: dict[str, float | None]) -> dict:
+        entries = [{"method": m, "target": "macs<=0.25", "state": "ok" if v else "not run",
+                    "by_seed": {}, "est": estimate([v - 0.01, v, v + 0.01]) if v else None,
+                    "detail": ""} for m, v in means.items()]
+        return {"ref": None, "tiers": [{"label": "t", "title": "t", "entries": entries,
+                                        "noise": None}]}
+
+    sec = recovery_section({1: analysis({"a": 0.6, "b": 0.5, "c": 0.4, "d": None}),
+                            3: analysis({"c": 0.7, "a": 0.55, "b": 0.65, "d": None})},
+                           {}, "m on d", {}, tmp_path, "x")
+    assert [r["method"] for r in sec["tables"][0]["rows"]] == ["c", "b", "a", "d"]

@@ -59,6 +59,19 @@ def _tier_entries(a: dict) -> dict[str, tuple[str, dict[str, dict], Any]]:
     return out
 
 
+def _by_mean_at_largest(methods: list[str], tiers: dict, label: str,
+                        budgets: list[int]) -> list[str]:
+    """Rows by their mean top-1 at the largest budget that measured them (best first),
+    rows without a result last: the table has no rank column, so it reads by mean."""
+    def key(method: str) -> tuple:
+        for b in reversed(budgets):
+            e = tiers[b].get(label, (None, {}, None))[1].get(method)
+            if e is not None and e.get("est") is not None:
+                return (0, -b, -e["est"].mean, method)
+        return (1, 0, 0.0, method)
+    return sorted(methods, key=key)
+
+
 def order_flips(analyses: dict[int, dict]) -> list[dict]:
     """Pairs of methods whose order flips between two recovery budgets beyond their
     intervals: A above B at one budget and B above A at another (`stats.separated`)."""
@@ -176,8 +189,9 @@ def recovery_section(analyses: dict[int, dict], lrs: dict[tuple[str, str, int], 
     tables = []
     for label in labels:
         tier_title = next(tiers[b][label][0] for b in budgets if label in tiers[b])
-        methods = list(dict.fromkeys(m for b in budgets if label in tiers[b]
-                                     for m in tiers[b][label][1]))
+        methods = _by_mean_at_largest(
+            list(dict.fromkeys(m for b in budgets if label in tiers[b]
+                               for m in tiers[b][label][1])), tiers, label, budgets)
         rows = []
         for method in methods:
             cells = []
