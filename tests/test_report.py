@@ -333,6 +333,19 @@ def test_report_tolerates_sparse_records(tmp_path):
     assert not (out / "acc-vs-latency-mlp-digits.png").exists()
 
 
+def test_summary_says_why_a_model_has_no_plot(tmp_path):
+    """A model without any result gets a sentence in its plot cell, not an empty one."""
+    suite_path, results = write_synthetic(tmp_path, seeds=[0], fail_one=False, wide=True)
+    for path in (results / "cells").glob("*.json"):
+        if json.loads(path.read_text())["model"] == "mlp-wide":
+            path.unlink()
+    build_report(results, tmp_path / "report")
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    plot_row = summary.strip().splitlines()[-1]
+    assert "](acc-vs-macs-mlp-digits.png)" in plot_row
+    assert "| no plot: no cell of this model has a result yet |" in plot_row
+
+
 def test_readme_block_is_generated_between_markers(single_seed_report):
     tmp_path = single_seed_report.parents[1]
     readme = tmp_path / "README.md"
