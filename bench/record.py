@@ -241,6 +241,8 @@ class Metric:
     agg: Literal["mean", "median"] = "mean"
     description: str = ""
     optional: bool = False  # a CSV column only when some record holds a value
+    # an absolute time taken on one machine: comparable only between records of that machine
+    machine_bound: bool = False
 
     def names(self, batches: dict[str, list[str]]) -> list[tuple[str, str, str]]:
         """(column name, path, batch key or '') for each expansion of this metric."""
@@ -320,16 +322,16 @@ METRICS: list[Metric] = [
     Metric("budget_met", "budget met", "metrics.budget.met", "", ""),
     Metric("budget_over_by", "over budget by", "metrics.budget.over_by", "", ".3f", "lower"),
     Metric("cpu_{b}_ms", "CPU p50", LAT.format(dev="cpu") + ".median_ms", "ms", "ms", "lower",
-           leaderboard=True, per_batch="cpu", agg="median",
+           leaderboard=True, per_batch="cpu", agg="median", machine_bound=True,
            description="median of timed runs on the CPU"),
     Metric("cpu_{b}_p25_ms", "CPU p25", LAT.format(dev="cpu") + ".p25_ms", "ms", "ms", "lower",
-           csv=False, per_batch="cpu", agg="median"),
+           csv=False, per_batch="cpu", agg="median", machine_bound=True),
     Metric("cpu_{b}_p75_ms", "CPU p75", LAT.format(dev="cpu") + ".p75_ms", "ms", "ms", "lower",
-           csv=False, per_batch="cpu", agg="median"),
+           csv=False, per_batch="cpu", agg="median", machine_bound=True),
     Metric("cpu_{b}_p90_ms", "CPU p90", LAT.format(dev="cpu") + ".p90_ms", "ms", "ms", "lower",
-           csv=False, per_batch="cpu", agg="median"),
+           csv=False, per_batch="cpu", agg="median", machine_bound=True),
     Metric("cpu_{b}_iqr_ms", "CPU IQR", LAT.format(dev="cpu") + ".iqr_ms", "ms", "ms", "lower",
-           csv=False, per_batch="cpu", agg="median"),
+           csv=False, per_batch="cpu", agg="median", machine_bound=True),
     Metric("speedup_{b}", "speedup", PAIRED + ".median", "×", ".2f", "higher",
            leaderboard=True, per_batch="cpu", agg="median",
            description="reference time / time, paired rounds (else reference p50 / p50)"),
@@ -342,13 +344,27 @@ METRICS: list[Metric] = [
     *[m for rt, label in RUNTIME_LABELS.items() for m in _runtime_metrics(rt, label)],
     *_runtime_states(),
     Metric("cuda_{b}_ms", "GPU p50", LAT.format(dev="cuda") + ".median_ms", "ms", "ms", "lower",
-           leaderboard=True, per_batch="cuda", agg="median", description="CUDA events"),
+           leaderboard=True, per_batch="cuda", agg="median", machine_bound=True,
+           description="CUDA events"),
     Metric("total_steps", "train steps", "ledger.total_steps", "", ",d",
            leaderboard=True, description="optimizer steps over every training phase"),
     Metric("ledger_violation", "budget violation", "ledger.violation", "", ""),
     Metric("cost_s", "cost", "cost.total_s", "s", ".1f", "lower", leaderboard=True,
+           machine_bound=True,
            description="training + method training + compression + fine-tuning, wall s"),
 ]
+
+def machine_label(env: dict[str, Any]) -> str:
+    """The machine a record was measured on, as far as its timings depend on it: CPU model,
+    the instruction set torch dispatches to, cores, and the GPU where there is one."""
+    cpu = env.get("cpu") or "unknown CPU"
+    extra = [str(env["cpu_capability"])] if env.get("cpu_capability") else []
+    cores = env.get("cpu_cores_available") or env.get("cpu_count")
+    if cores:
+        extra.append(f"{cores} cores")
+    label = f"{cpu} ({', '.join(extra)})" if extra else str(cpu)
+    return f"{label}, {env['gpu']}" if env.get("gpu") else label
+
 
 _BATCH = re.compile(r"b(\d+)")
 

@@ -346,6 +346,30 @@ def test_summary_says_why_a_model_has_no_plot(tmp_path):
     assert "| no plot: no cell of this model has a result yet |" in plot_row
 
 
+def test_times_from_another_machine_than_the_reference_are_marked(tmp_path):
+    """Rows computed on a faster CPU must not look faster in ms or cheaper in seconds:
+    their absolute figures get a mark and the report says why; speedups stay unmarked."""
+    suite_path, results = write_synthetic(tmp_path, seeds=[0, 1], fail_one=False)
+    for path in (results / "cells").glob("*.json"):
+        rec = json.loads(path.read_text())
+        rec["env"]["cpu_capability"] = "AVX2"
+        if rec["method"] == "svd-global":
+            rec["env"]["cpu_capability"] = "AVX512"
+        path.write_text(json.dumps(rec))
+    build_report(results, tmp_path / "report")
+    md = (tmp_path / "report" / "README.md").read_text()
+    assert ("records were measured on several machines: Test CPU (AVX2, 2 cores) "
+            in md.replace("\\", ""))
+    rows = [line for line in md.splitlines() if "[s0](records/" in line]  # budget tables
+    global_rows = [r for r in rows if "| svd-global |" in r]
+    plain_rows = [r for r in rows if "| svd |" in r]
+    assert global_rows and all("†" in r for r in global_rows)
+    assert plain_rows and not any("†" in r for r in plain_rows)
+    assert "† measured (on some seed) on another machine (Test CPU (AVX512, 2 cores))" in md
+    csv = pd.read_csv(tmp_path / "report" / "results.csv")
+    assert set(csv.machine) == {"Test CPU (AVX2, 2 cores)", "Test CPU (AVX512, 2 cores)"}
+
+
 def test_readme_block_is_generated_between_markers(single_seed_report):
     tmp_path = single_seed_report.parents[1]
     readme = tmp_path / "README.md"

@@ -72,6 +72,8 @@ def make_entries(cells: pd.DataFrame, batches: dict[str, list[str]], reference: 
             "record_seeds": [int(s) for s in e.seed[e.state != "not run"]],
             "over_budget": bool((ok.state == "over budget").any()),
             "by_seed": {int(s): float(v) for s, v in zip(ok.seed, ok.top1)},
+            "machines": sorted({str(m) for m in ok.machine.dropna()}) if "machine" in ok
+            else [],
         }
         if ok.empty:
             row["state"], row["detail"] = _state_of(e)
@@ -95,6 +97,17 @@ def make_entries(cells: pd.DataFrame, batches: dict[str, list[str]], reference: 
     return out
 
 
+def mark_other_machines(entries: list[dict], ref: dict | None) -> None:
+    """Set ``other_machine`` on each entry measured (on some seed) on a machine the
+    reference was not: its absolute times and costs do not compare with the reference's,
+    while its paired speedups, timed against the dense model beside it, do."""
+    ref_machines = set(ref["machines"]) if ref else set()
+    for e in entries:
+        own = set(e.get("machines", []))
+        e["other_machine"] = sorted(own - ref_machines) if ref_machines and own else []
+        e["ref_machines"] = sorted(ref_machines)
+
+
 def _tier_key(entry: dict) -> tuple:
     if entry["metric"] is None:
         return (1, "", 0.0)
@@ -115,6 +128,7 @@ def analyse_group(cells: pd.DataFrame, batches: dict[str, list[str]], reference:
     dense = [e for e in entries if e["ref"] and e["est"] is not None]
     d = dense[0] if dense else None
     dense_acc = d["est"].mean if d else None
+    mark_other_machines(entries, d)
     cpu_b = batches.get("cpu", [])
     for e in entries:
         e["delta"] = None if dense_acc is None or e["est"] is None else e["est"].mean - dense_acc

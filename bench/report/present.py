@@ -18,6 +18,7 @@ from bench.report.stats import Estimate
 NA = "n/a"
 GAP = "–"  # no result: shown, never blank
 FRONT_MARK = "◆"  # on the MACs Pareto front (bench.report.pareto)
+OTHER_MACHINE_MARK = "†"  # a time or cost taken on another machine than the reference's
 ERROR_CHARS = 400
 
 
@@ -107,6 +108,11 @@ def metric_cell(m: Metric, col: str, b: str, e: dict) -> tuple[str, str]:
     if m.name == "cpu_{b}_ms" and not missing(v):
         tip = (f"p90 {Metric.format(m, e.get(f'cpu_{b}_p90_ms'))} ms, IQR "
                f"{Metric.format(m, e.get(f'cpu_{b}_iqr_ms'))} ms (median over seeds)")
+    if m.machine_bound and e.get("other_machine") and not missing(v):
+        text += f" {OTHER_MACHINE_MARK}"
+        tip = (f"measured on {'; '.join(e['other_machine'])}, the reference on "
+               f"{'; '.join(e['ref_machines'])}: not comparable with the reference's figure "
+               "(the paired speedups are)")
     if m.name == "total_steps" and e.get("steps_differ"):
         text += " ⚠"
         tip = "total training steps differ from most rows of this model × dataset"
@@ -204,7 +210,21 @@ def noise_note(a: dict, seeds: int) -> str:
             f"Warning: one seed{where}: ranks are by the single run; a rerun with another seed "
             "can move post-training rows by several pp, so no ties are marked (except at "
             f"equal accuracy); {ci}.")
-    return " ".join(parts) or "no results yet."
+    parts.append(machine_note(a))
+    return " ".join(p for p in parts if p) or "no results yet."
+
+
+def machine_note(a: dict) -> str:
+    """The sentence for a table whose rows were not all measured where the reference was."""
+    others = sorted({m for e in a["entries"] for m in e.get("other_machine", [])})
+    if not others:
+        return ""
+    ref = "; ".join(a["ref"]["machines"]) if a.get("ref") else "n/a"
+    return (f"{OTHER_MACHINE_MARK} measured (on some seed) on another machine "
+            f"({'; '.join(others)}) than the reference ({ref}): its latencies in ms, its cost "
+            "in seconds and its points in the latency plots do not compare with other "
+            "machines' figures; its speedups do, as each is timed paired against the dense "
+            "model on its own machine.")
 
 
 def score_rows(a: dict) -> list[dict]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from bench.record import Record
+from bench.record import Record, machine_label
 
 LABELS = {"git_commit": "git commit", "cpu": "CPU model", "gpu": "GPU", "cpu_count": "CPU cores",
           "cpu_cores_available": "CPU cores available", "torch_threads": "torch threads",
           "torch_interop_threads": "torch inter-op threads", "lowrank_bench": "lowrank-bench"}
 FIRST = ("cpu", "gpu", "cpu_count", "cpu_cores_available", "torch_threads", "python", "torch",
          "timm", "git_commit")
-WATCH = {"git_commit": "commits", "cpu": "CPU models", "gpu": "GPUs", "torch": "torch versions"}
+WATCH = {"git_commit": "commits", "torch": "torch versions"}
 
 
 def _text(v: Any) -> str:
@@ -53,6 +53,13 @@ def provenance(records: list[Record], suite: str, suite_hash: str, counts: dict
     if len(hashes) > 1 or (hashes and suite_hash not in hashes):
         warnings.append(f"records come from {len(hashes)} suite hash(es) "
                         f"({', '.join(sorted(hashes))}); the suite now hashes to {suite_hash}")
+    machines = [machine_label(e) for e in envs if e]
+    if len(set(machines)) > 1:
+        warnings.append(
+            f"records were measured on several machines: {summary(machines)}. Latencies in ms and "
+            "costs in seconds compare only within one machine (a table marks † where a row's "
+            "machine is not its reference's); paired speedups, each timed against the dense "
+            "model on the same machine, and accuracies within the seed spread compare across")
     for key, what in WATCH.items():
         vals = {_text(e.get(key)) for e in envs if e.get(key) is not None}
         if len(vals) > 1:

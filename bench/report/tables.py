@@ -13,14 +13,14 @@ from typing import Any
 
 import pandas as pd
 
-from bench.record import Record, measured_batches, metric_columns
+from bench.record import Record, machine_label, measured_batches, metric_columns
 
 CONFIG_COLUMNS = ("cell_id", "state", "status", "suite", "model", "dataset", "seed", "method",
                   "method_name", "kind", "target", "target_metric", "target_ratio",
                   "recovery_epochs", "recovery_lr")
 # config columns of an optional axis: in the CSV only when some record has them
 AXIS_COLUMNS = ("recovery_epochs", "recovery_lr")
-CSV_TAIL = ("error_type", "error", "reason", "created", "suite_hash")
+CSV_TAIL = ("error_type", "error", "reason", "created", "suite_hash", "machine")
 
 
 def flatten_record(record: dict, prefix: str = "", sep: str = ".") -> dict[str, Any]:
@@ -65,7 +65,7 @@ def config_row(r: Record, kinds: dict[str, str] | None = None) -> dict[str, Any]
         "target_ratio": math.nan if r.target_ratio is None else r.target_ratio,
         "error_type": r.error.type if r.error else None,
         "error": r.error.message if r.error else None, "reason": r.reason,
-        "created": r.created, "suite_hash": r.suite_hash,
+        "created": r.created, "suite_hash": r.suite_hash, "machine": machine_label(r.env),
         "recovery_epochs": _num(r.get("recovery.epochs")),
         "recovery_lr": _num(r.get("ledger.tuning.chosen_lr")),
     }
