@@ -56,6 +56,10 @@ def test_every_registered_method_spends_the_same_total_steps(tiny_suite, write_s
     for name in ("lorita", "maestro", "monarch-scratch", "dense-small"):
         assert records[name]["ledger"]["phases"][0]["phase"] == "method_train", name
     assert 0 <= records["maestro"]["method_info"]["full_rank_top1"] <= 1
+    # one trained dense model behind every post-training row, named by its weights
+    weights = {r["ledger"]["phases"][0].get("weights") for r in records.values()
+               if r["ledger"]["phases"][0]["phase"] == "pretrain"}
+    assert len(weights) == 1 and None not in weights, weights
     for r in records.values():  # what the report's "reference may be undertrained" needs
         assert 0 <= r["metrics"]["top1"] <= 1 and r["metrics"]["test_n"] > 0
 

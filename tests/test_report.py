@@ -370,6 +370,24 @@ def test_times_from_another_machine_than_the_reference_are_marked(tmp_path):
     assert set(csv.machine) == {"Test CPU (AVX2, 2 cores)", "Test CPU (AVX512, 2 cores)"}
 
 
+def test_rows_of_a_seed_from_two_trained_dense_models_are_flagged(tmp_path):
+    """A baseline trained again (lost checkpoint, other CPU) under part of a seed's rows
+    breaks the pairing on one dense model: the report says which seed and how many cells."""
+    suite_path, results = write_synthetic(tmp_path, seeds=[0, 1], fail_one=False)
+    for path in (results / "cells").glob("*.json"):
+        rec = json.loads(path.read_text())
+        weights = "b" * 16 if rec["method"] == "svd-global" and rec["seed"] == 1 else \
+            f"{rec['seed']}" * 16
+        rec["ledger"] = {"phases": [{"phase": "pretrain", "steps": 5, "weights": weights},
+                                    {"phase": "finetune", "steps": 5}], "total_steps": 10}
+        path.write_text(json.dumps(rec))
+    build_report(results, tmp_path / "report")
+    md = (tmp_path / "report" / "README.md").read_text().replace("\\", "")
+    assert ("seed 1 of mlp on digits: its rows start from 2 different trained dense models "
+            f"(weights {'1' * 16} (7 cells), {'b' * 16} (3 cells))") in md
+    assert "seed 0 of mlp" not in md
+
+
 def test_readme_block_is_generated_between_markers(single_seed_report):
     tmp_path = single_seed_report.parents[1]
     readme = tmp_path / "README.md"

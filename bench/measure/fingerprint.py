@@ -1,4 +1,4 @@
-"""A hash of what a model computes with, not of its weights.
+"""A hash of what a model computes with, not of its weights (and one of its weights).
 
 Two models with the same fingerprint run the same kernels on tensors of the same
 shapes and dtypes, so their latency is the same up to timing noise: the runner
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
+import torch
 from torch import nn
 
 
@@ -28,4 +29,20 @@ def architecture_fingerprint(model: nn.Module) -> str:
     for kind, tensors in (("p", model.named_parameters()), ("b", model.named_buffers())):
         for name, t in tensors:
             h.update(f"{kind}|{name}|{tuple(t.shape)}|{t.dtype}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 (16 hex) over every parameter's and buffer's name, dtype, shape and bytes.
+
+    Why: rows of one model x dataset x seed are compared paired on the dense model
+    they share; this names which trained dense model a record started from, so a row
+    compressed from a baseline trained again elsewhere (another CPU gives other
+    weights) is caught instead of silently paired with the first one.
+    """
+    h = hashlib.sha256()
+    for name, t in model.state_dict(keep_vars=False).items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]

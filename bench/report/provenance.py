@@ -65,4 +65,32 @@ def provenance(records: list[Record], suite: str, suite_hash: str, counts: dict
         if len(vals) > 1:
             warnings.append(f"records were measured under {len(vals)} {what}: "
                             f"{', '.join(sorted(vals))}")
+    warnings += baseline_warnings(records)
     return rows, warnings
+
+
+def baseline_warnings(records: list[Record]) -> list[str]:
+    """One warning per model x dataset x seed whose rows started from more than one
+    trained dense model (the ``weights`` digest of their ledger's pretrain phase).
+
+    Rows of a seed are compared paired on the dense model they share; a baseline
+    trained again (a lost checkpoint, another CPU) gives other weights, and rows
+    compressed from it are no longer paired with the dense row of that seed.
+    """
+    seen: dict[tuple[str, str, int], Counter] = {}
+    for r in records:
+        if r.status != "ok" or r.ledger is None:
+            continue
+        digests = [p.model_extra.get("weights") for p in r.ledger.phases
+                   if p.phase == "pretrain" and p.model_extra]
+        if digests and digests[0]:
+            seen.setdefault((r.model, r.dataset, r.seed), Counter())[digests[0]] += 1
+    out = []
+    for (model, dataset, seed), c in sorted(seen.items()):
+        if len(c) > 1:
+            parts = ", ".join(f"{d} ({n} cells)" for d, n in c.most_common())
+            out.append(f"seed {seed} of {model} on {dataset}: its rows start from {len(c)} "
+                       f"different trained dense models (weights {parts}), so they are not "
+                       "paired on one dense model; recompute one set's cells from the other's "
+                       "dense checkpoint (delete their records and run again)")
+    return out

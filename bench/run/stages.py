@@ -19,6 +19,7 @@ from bench.cells import Cell
 from bench.data import DataBundle
 from bench.ledger import cell_budgets, phase_entry, planned_phase
 from bench.measure import measure_cost
+from bench.measure.fingerprint import weights_digest
 from bench.method import Cost, Method, MethodContext
 from bench.models import build_model
 from bench.progress import EpochBar
@@ -168,7 +169,8 @@ class GroupStages:
             self.store.save_checkpoint(key, {"state_dict": model.state_dict(),
                                              "seconds": seconds, "history": stats.history,
                                              "ledger_phase": phase})
-        self.phases[key] = phase
+        # which trained dense model this is: every row of the group names it in its ledger
+        self.phases[key] = {**phase, "weights": weights_digest(model)}
         self._baseline = (model, seconds)
         return self._baseline
 
