@@ -58,8 +58,9 @@ def provenance(records: list[Record], suite: str, suite_hash: str, counts: dict
         warnings.append(
             f"records were measured on several machines: {summary(machines)}. Latencies in ms and "
             "costs in seconds compare only within one machine (a table marks † where a row's "
-            "machine is not its reference's); paired speedups, each timed against the dense "
-            "model on the same machine, and accuracies within the seed spread compare across")
+            "machine is not its reference's). Paired speedups, each timed against the dense "
+            "model on the same machine, compare across machines, and accuracies do within "
+            "the seed spread")
     for key, what in WATCH.items():
         vals = {_text(e.get(key)) for e in envs if e.get(key) is not None}
         if len(vals) > 1:
