@@ -20,7 +20,12 @@ in the last bits and then by a test sample or two: each accuracy is then
 judged against the committed seed spread, the max - min of that figure over
 the committed ok records of the same row (the same cell but for its seed):
 "equal", "within the committed seed spread" or "outside" it. MACs, params and
-ranks are structural and must be equal on any CPU. Only "outside" (and any
+ranks are structural: where every committed seed of the row chose the same
+(a rule that fixes the structure) they must be equal on any CPU; where the
+seeds chose differently (the trained weights decide: svd's global or energy
+ranks, pruning's global scores, funnel's gates) MACs and params are judged
+against their seed spread like accuracies, and ranks as "within" with them.
+The status must be equal everywhere. Only "outside" (and any
 difference on the same CPU and torch build) fails. The judging is in pure
 functions on record dicts: :func:`same_machine`, :func:`seed_spreads`,
 :func:`judge_figure`, :func:`check_record`.
@@ -63,6 +68,11 @@ TIMING_DECIDED: dict[str, str] = {
 SAME_MACHINE_ENV: tuple[str, ...] = ("cpu", "torch")
 # figures that move with floating-point detail: judged against the seed spread on another CPU
 ACCURACY: tuple[str, ...] = ("top1", "val_top1")
+# structure a method may choose from the trained weights (svd's global or energy ranks,
+# pruning's global channel scores, funnel's gates): another CPU trains other weights, so
+# on another CPU these are judged against how far the row's committed seeds moved them
+# (zero when every seed chose the same structure: then they must be equal)
+STRUCTURE: tuple[str, ...] = ("macs", "params", "ranks")
 
 # outcomes of one figure; only OUTSIDE and DIFFERS fail
 EQUAL, WITHIN, OUTSIDE, DIFFERS, EXPECTED = "equal", "within", "outside", "differs", "expected"
@@ -128,29 +138,38 @@ def row_key(record: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Spread:
-    """An accuracy's spread over the committed seeds of one row."""
+    """A figure's spread over the committed seeds of one row: max - min for a number; for
+    a non-number (ranks) 1 when the seeds chose different values, else 0."""
 
-    width: float | None  # max - min; None with fewer than two seeds
+    width: float | None  # None with fewer than two seeds
     seeds: int
 
 
 def seed_spreads(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Spread]]:
     """Row key (:func:`row_key`) -> accuracy figure -> its spread over the ok records' seeds."""
-    values: dict[str, dict[str, dict[Any, float]]] = {}
+    values: dict[str, dict[str, dict[Any, Any]]] = {}
     for r in records:
         if r.get("status") != "ok":
             continue
         seed = r.get("seed", lookup(r, "cell.seed"))
         row = values.setdefault(row_key(r), {})
-        for name in ACCURACY:
+        for name in ACCURACY + STRUCTURE:
             v = lookup(r, dict(COMPARED)[name])
             if _number(v):
                 row.setdefault(name, {})[seed] = float(v)
+            elif v is not None and not isinstance(v, (int, float)):
+                row.setdefault(name, {})[seed] = json.dumps(v, sort_keys=True, default=str)
     out: dict[str, dict[str, Spread]] = {}
     for key, figures in values.items():
-        out[key] = {name: Spread(max(v.values()) - min(v.values()) if len(v) > 1 else None,
-                                 len(v)) for name, v in figures.items()}
+        out[key] = {name: Spread(_width(list(v.values())) if len(v) > 1 else None, len(v))
+                    for name, v in figures.items()}
     return out
+
+
+def _width(values: list[Any]) -> float:
+    if all(isinstance(v, float) for v in values):
+        return max(values) - min(values)
+    return 0.0 if len(set(values)) == 1 else 1.0
 
 
 @dataclass
@@ -191,9 +210,11 @@ def judge_figure(figure: str, committed: Any, recomputed: Any, *, same_machine: 
 
     Equal values are "equal" everywhere. Otherwise: a method of :data:`TIMING_DECIDED`
     differs as expected; on the same CPU model and torch build any difference fails;
-    on another, an accuracy is "within" or "outside" the committed seed spread
-    (``spread``; with one committed seed there is none, so "outside"), and any other
-    figure (status, MACs, params, ranks: structural) is "outside".
+    on another, an accuracy, MACs or params count is "within" or "outside" the committed
+    seed spread (``spread``; with one committed seed there is none, so "outside"). A
+    structural figure (MACs, params, ranks) whose committed seeds all agree is fixed by
+    the method's rule and must be equal; ranks whose seeds differ are "within". The
+    status must be equal on any CPU.
     """
     def check(outcome: str, detail: str = "") -> FigureCheck:
         return FigureCheck(figure, committed, recomputed, outcome, detail)
@@ -205,17 +226,25 @@ def judge_figure(figure: str, committed: Any, recomputed: Any, *, same_machine: 
     if same_machine:
         return check(DIFFERS, "same CPU model and torch build as the committed record: "
                               "must be equal")
-    if figure not in ACCURACY:
-        return check(OUTSIDE, "(structural: must be equal on any CPU)")
-    if not (_number(committed) and _number(recomputed)):
-        return check(OUTSIDE, "(no value to compare on one side)")
+    if figure not in ACCURACY + STRUCTURE:
+        return check(OUTSIDE, "(must be equal on any CPU)")
     if spread is None or spread.width is None:
         return check(OUTSIDE, "(no seed spread: one committed seed)")
-    over = f"{_pp(spread.width)} pp over {spread.seeds} seeds"
+    if figure in STRUCTURE and spread.width <= _TOLERANCE:
+        return check(OUTSIDE, f"(structural: all {spread.seeds} committed seeds chose the "
+                              "same, so the method's rule fixes it: must be equal on any CPU)")
+    if figure == "ranks":
+        return check(WITHIN, f"the committed seeds chose different ranks too: the trained "
+                             f"weights decide them; {spread.seeds} seeds")
+    if not (_number(committed) and _number(recomputed)):
+        return check(OUTSIDE, "(no value to compare on one side)")
+    unit = _pp if figure in ACCURACY else (lambda w: f"{w:,.0f}")
+    what = "pp" if figure in ACCURACY else figure
+    over = f"{unit(spread.width)} {what} over {spread.seeds} seeds"
     if abs(recomputed - committed) <= spread.width + _TOLERANCE:
         return check(WITHIN, over)
-    return check(OUTSIDE, f"the committed seed spread ({_pp(abs(recomputed - committed))} pp "
-                          f"apart; spread {over})")
+    return check(OUTSIDE, f"the committed seed spread ({unit(abs(recomputed - committed))} "
+                          f"{what} apart; spread {over})")
 
 
 @dataclass

@@ -115,6 +115,23 @@ def test_other_cpu_structural_figures_must_be_equal():
     text = format_checks([ranks])
     assert "ranks: {'fc': 8} committed, {'fc': 7} now: outside (structural" in text
     assert "1 differ (committed, now): {'fc': (8, 7)}" in text
+    # structure the trained weights decide moves with the seed: judged against that spread
+    chosen = [record(0, 0.3364, macs=1000, ranks={"fc": 8}),
+              record(1, 0.36, macs=1100, ranks={"fc": 9}), record(2, 0.329, macs=1040,
+                                                               ranks={"fc": 8})]
+    moved = check_record(chosen[0], record(0, 0.34, env=OTHER_CPU, macs=1060,
+                                           ranks={"fc": 9}), spreads=seed_spreads(chosen))
+    assert outcomes(moved)["macs"] == WITHIN and outcomes(moved)["ranks"] == WITHIN
+    assert not moved.failed and moved.status == "within spread"
+    assert "macs: 1,000 committed, 1,060 now: within the committed seed spread (100 macs " \
+        "over 3 seeds)" in format_checks([moved])
+    far = check_record(chosen[0], record(0, 0.34, env=OTHER_CPU, macs=1200, ranks={"fc": 9}),
+                       spreads=seed_spreads(chosen))
+    assert outcomes(far)["macs"] == OUTSIDE and far.failed
+    # on the same CPU and torch build the same change is a failure
+    here = check_record(chosen[0], record(0, 0.3364, macs=1060, ranks={"fc": 9}),
+                        spreads=seed_spreads(chosen))
+    assert here.failed and here.status == "differs"
     # a method that decides from timings may differ anywhere, as expected
     accel = [record(s, 0.3, method="svd-accel") for s in range(2)]
     expected = check_record(accel[0], record(0, 0.2, env=OTHER_CPU, macs=900,
