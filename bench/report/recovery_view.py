@@ -223,7 +223,8 @@ def recovery_section(analyses: dict[int, dict], lrs: dict[tuple[str, str, int], 
             "flips": [flip_sentence(f) for f in flips],
             "mean_changes": (f"{changed} of {compared} pairs of methods at the same target "
                              f"change order by mean between {budgets[0]} and {budgets[-1]} "
-                             "recovery epochs" if compared else "")}
+                             "recovery epochs" if compared
+                             else "no pair of methods has results at two budgets yet")}
 
 
 def flip_sentence(f: dict) -> str:
