@@ -9,6 +9,7 @@ budgets reuse the figures (see bench.run.timing_share).
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,8 +42,13 @@ def weights_digest(model: nn.Module) -> str:
     weights) is caught instead of silently paired with the first one.
     """
     h = hashlib.sha256()
+    hash_state(h, model)
+    return h.hexdigest()[:16]
+
+
+def hash_state(h: Any, model: nn.Module) -> None:
+    """Feed every parameter and buffer (name, dtype, shape, bytes) of ``model`` into ``h``."""
     for name, t in model.state_dict(keep_vars=False).items():
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.measure.fingerprint import hash_state
 from bench.measure.paired import DEFAULT_CALLS, DEFAULT_ROUNDS, time_paired
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
@@ -131,10 +132,7 @@ def export_key(module: nn.Module, x: torch.Tensor) -> str:
     h.update(f"{torch.__version__}|{tuple(x.shape)}|{x.dtype}|{module!r}".encode())
     for name, sub in module.named_modules():
         h.update(f"{name}:{type(sub).__module__}.{type(sub).__qualname__};".encode())
-    for name, t in module.state_dict(keep_vars=False).items():
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    hash_state(h, module)
     return h.hexdigest()
 
 
