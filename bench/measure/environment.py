@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from bench.measure.code_version import MEASURING_DIRS, NOT_MEASURING, working_tree_digest
+
 
 def _version(pkg: str) -> str | None:
     try:
@@ -34,13 +36,18 @@ def cpu_model() -> str:
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    """HEAD, with "-dirty" when the measuring code (bench/ but its report/, methods/) has
+    uncommitted edits."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              cwd=cwd or Path(__file__).resolve().parents[2], timeout=5)
         commit = out.stdout.strip()
         if out.returncode != 0 or not commit:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        # Dirty only where the measuring code is (a README edit beside a run is not).
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                *MEASURING_DIRS,
+                                *(f":(exclude){d}" for d in NOT_MEASURING)],
                                capture_output=True, text=True, timeout=5,
                                cwd=cwd or Path(__file__).resolve().parents[2]).stdout.strip()
         return commit + ("-dirty" if dirty else "")
@@ -92,6 +99,7 @@ def environment(suite_hash: str | None = None) -> dict:
         "mkldnn": torch.backends.mkldnn.is_available(),
         "gpu": gpu,
         "git_commit": git_commit(),
+        "code_digest": working_tree_digest(),
         "suite_hash": suite_hash,
     }
 

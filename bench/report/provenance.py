@@ -1,15 +1,18 @@
 """Where a report's numbers come from: machine, versions, commits and suite hashes.
 
 Each field is summarised over the records, with counts where they disagree;
-a report that mixes several commits, suite hashes or machines says so in a
-warning at the top, since its rows were not measured under one setup.
+a report that mixes several versions of the measuring code (not merely several
+commits: records are committed between slices), suite hashes or machines says
+so in a warning at the top, since its rows were not measured under one setup.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+from bench.measure.code_version import PROJECT_ROOT, commit_digest
 from bench.record import Record, machine_label
 
 LABELS = {"git_commit": "git commit", "cpu": "CPU model", "gpu": "GPU", "cpu_count": "CPU cores",
@@ -17,7 +20,7 @@ LABELS = {"git_commit": "git commit", "cpu": "CPU model", "gpu": "GPU", "cpu_cou
           "torch_interop_threads": "torch inter-op threads", "lowrank_bench": "lowrank-bench"}
 FIRST = ("cpu", "gpu", "cpu_count", "cpu_cores_available", "torch_threads", "python", "torch",
          "timm", "git_commit")
-WATCH = {"git_commit": "commits", "torch": "torch versions"}
+WATCH = {"torch": "torch versions"}
 
 
 def _text(v: Any) -> str:
@@ -61,6 +64,15 @@ def provenance(records: list[Record], suite: str, suite_hash: str, counts: dict
             "machine is not its reference's). Paired speedups, each timed against the dense "
             "model on the same machine, compare across machines, and accuracies do within "
             "the seed spread")
+    versions = code_versions(envs)
+    if versions:
+        rows.append(("measuring code", summary_counts(versions)))
+    if len(versions) > 1:
+        warnings.append(
+            f"records were measured under {len(versions)} versions of the measuring code "
+            "(the Python files of bench/ and methods/, report rendering aside): "
+            f"{summary_counts(versions)}. Figures of different versions compare only where "
+            "the change between them did not touch what they measure")
     for key, what in WATCH.items():
         vals = {_text(e.get(key)) for e in envs if e.get(key) is not None}
         if len(vals) > 1:
@@ -68,6 +80,46 @@ def provenance(records: list[Record], suite: str, suite_hash: str, counts: dict
                             f"{', '.join(sorted(vals))}")
     warnings += baseline_warnings(records)
     return rows, warnings
+
+
+def code_version(env: dict, root: Path = PROJECT_ROOT) -> str | None:
+    """A record's measuring-code version: its ``code_digest``, else the digest of the
+    measuring files at the commit it names (git history at root), else the commit."""
+    if env.get("code_digest"):
+        return f"code {env['code_digest']}"
+    commit = env.get("git_commit")
+    if not commit:
+        return None
+    base = str(commit).removesuffix("-dirty")
+    found = commit_digest(base, root)
+    if found is None:
+        return f"commit {commit}"
+    if base != commit:  # edited when measured; what was edited was not recorded
+        return f"code {found} + unrecorded uncommitted edits"
+    return f"code {found}"
+
+
+def code_versions(envs: list[dict], root: Path = PROJECT_ROOT) -> dict[str, Counter]:
+    """{version: Counter of the short commits its records name} over the records."""
+    out: dict[str, Counter] = {}
+    for e in envs:
+        version = code_version(e, root) if e else None
+        if version is not None:
+            commit = str(e.get("git_commit") or "no commit")
+            short = commit[:8] + ("-dirty" if commit.endswith("-dirty") else "")
+            out.setdefault(version, Counter())[short] += 1
+    return out
+
+
+def summary_counts(versions: dict[str, Counter]) -> str:
+    """"version (commits a, b; n cells)" per version, most cells first."""
+    parts = sorted(versions.items(), key=lambda kv: -sum(kv[1].values()))
+    out = []
+    for version, commits in parts:
+        n = sum(commits.values())
+        out.append(f"{version} (commit{'s' if len(commits) > 1 else ''} "
+                   f"{', '.join(sorted(commits))}; {n} cell{'s' if n > 1 else ''})")
+    return "; ".join(out)
 
 
 def baseline_warnings(records: list[Record]) -> list[str]:
