@@ -56,6 +56,18 @@ def test_leaders_and_markdown():
     assert md.startswith("## Findings") and "Funnel keeps more accuracy" in md
 
 
+def test_a_wide_row_tied_with_the_leader_says_why_steadier_rows_above_it_are_not():
+    """Ties are not transitive: the leader beats a steady row, but not a row below it whose
+    seeds spread widely; the line must not read as if that row were second best."""
+    rs = [rec("a", v, seed=s) for s, v in enumerate((0.90, 0.90, 0.90))]
+    rs += [rec("b", v, seed=s) for s, v in enumerate((0.85, 0.851, 0.849))]
+    rs += [rec("c", v, seed=s) for s, v in enumerate((0.80, 0.95, 0.70))]
+    (line,) = leaders(rs)
+    assert line.startswith("m/d macs<=0.5: a 90.00%, c 81.67% (tied at rank 1")
+    assert "b 85" not in line
+    assert "c ranks 1 below rows the leader beats" in line
+
+
 def test_a_row_above_dense_beyond_the_intervals_warns_undertrained():
     rs = [rec("dense", 0.70, target="dense"), rec("svd", 0.90), rec("funnel", 0.705)]
     md = render_findings(rs)

@@ -197,8 +197,20 @@ def leaders(records: list[dict], reference: str = "dense") -> list[str]:
         first = sorted((m for m, (rank, _) in zip(names, ranks) if rank == 1),
                        key=lambda m: -by[m].mean)
         best = ", ".join(f"{m} {by[m].mean:.2%}" for m in first)
-        tie = (" (tied: the 95% interval of the difference, paired by seed, includes 0)"
-               if len(first) > 1 else "")
+        tie = ""
+        if len(first) > 1:
+            tie = (" (tied at rank 1: no row beats them beyond the 95% interval of the "
+                   "difference, paired by seed")
+            # Ties are not transitive: a row whose seeds spread widely is beaten by no row,
+            # while a steadier row above it by mean is beaten by the leader.
+            passed = [m for m in first
+                      if any(by[o].mean > by[m].mean for o in names if o not in first)]
+            if passed:
+                tie += (f"; {', '.join(passed)} rank{'s' if len(passed) == 1 else ''} 1 below "
+                        "rows the leader beats, because no row beats "
+                        f"{'it' if len(passed) == 1 else 'them'} beyond "
+                        f"{'its' if len(passed) == 1 else 'their'} wider seed spread")
+            tie += ")"
         if not all(by[m].seed_based for m in names):
             tie += " (one seed: ranked by the single run, no ties within noise marked)"
         lines.append(f"{model}/{dataset} {target}: {best}{tie}")
