@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def test_bad_recovery_blocks_are_refused_with_the_field(tiny_suite, write_suite,
 
 
 def test_one_compression_per_row_one_lr_choice_and_equal_ledgers(
-        tiny_suite, write_suite, tmp_path, monkeypatch):
+        tiny_suite, write_suite, tmp_path, monkeypatch, capsys):
     """Runs the suite: post methods compress once per row whatever the budgets and lrs
     (funnel, whose gate phase spends recovery budget, once per budget and lr it runs);
     the train method trains once; every row of a budget has the same ledger totals."""
@@ -92,6 +93,10 @@ def test_one_compression_per_row_one_lr_choice_and_equal_ledgers(
     results = tmp_path / "results"
     assert main(["run", str(write_suite(recovery_suite(tiny_suite))),
                  "--results", str(results)]) == 0
+    # the run's work counts a row's shared compression and tuning once, not per budget
+    work, wall = map(float, re.search(r"and timing: ([\d.]+)s of ([\d.]+)s wall",
+                                      capsys.readouterr().out).groups())
+    assert work <= wall
     records = [json.loads(p.read_text()) for p in (results / "cells").glob("*.json")]
     assert len(records) == 10 and all(r["status"] == "ok" for r in records), \
         [(r["method"], r.get("error")) for r in records if r["status"] != "ok"]

@@ -274,14 +274,17 @@ class CellPipeline:
 
     def _evaluated(self, cell: Cell, model: nn.Module, src: _Source, info: dict,
                    cost: dict[str, float], ledger: dict, started: float,
-                   trained0: float) -> PendingCell:
+                   trained0: float, spent_s: float | None = None) -> PendingCell:
+        """``spent_s``: the compression, tuning and fine-tuning seconds this cell spent
+        itself, where ``cost`` carries its row's shared ones (recovery budgets)."""
         st = self.stages
         t0 = time.perf_counter()
         test = evaluate(model, st.data, "test")
         val = evaluate(model, st.data, "val")
         cost["eval_s"] = time.perf_counter() - t0
-        self.work_s += (cost["compress_s"] + cost.get("tune_s", 0.0) + cost["finetune_s"]
-                        + cost["eval_s"])
+        if spent_s is None:
+            spent_s = cost["compress_s"] + cost.get("tune_s", 0.0) + cost["finetune_s"]
+        self.work_s += spent_s + cost["eval_s"]
         cost["cell_s"] = time.perf_counter() - started
         # trainings this cell paid for (0 when they came from a checkpoint or a sibling):
         # what the planner takes out of cell_s before it adds each training once
@@ -332,7 +335,11 @@ class CellPipeline:
         fam.done.add(epochs)
         if fam.done >= set(cell.recovery["budgets"]):
             self._families.pop(cell.family_key(), None)  # every budget of the row is done
-        return self._evaluated(cell, model, src, comp.info, cost, ledger, started, trained0)
+        # The record shows the row's compression and tuning in every cell of it; the run's
+        # work counts them once: the time this call took, less training counted by stages.
+        spent = time.perf_counter() - started - (self.stages.work_s - trained0)
+        return self._evaluated(cell, model, src, comp.info, cost, ledger, started, trained0,
+                               spent_s=max(0.0, spent))
 
     def _family_compressed(self, run_cell: Cell, fam: _Family) -> _Compressed:
         """The row's compressed model for this budget and lr: shared when compression
