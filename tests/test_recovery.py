@@ -357,3 +357,19 @@ def test_the_recovery_table_lists_rows_by_mean_at_the_largest_budget(tmp_path):
                             3: analysis({"c": 0.7, "a": 0.55, "b": 0.65, "d": None})},
                            {}, "m on d", {}, tmp_path, "x")
     assert [r["method"] for r in sec["tables"][0]["rows"]] == ["c", "b", "a", "d"]
+
+
+def test_the_lr_a_row_chose_is_per_model_not_merged_over_models():
+    """funnel chose 5e-4 on one model and 2e-3 on another: each model's recovery table
+    shows its own choice, not '5e-04 ×3, 2e-03 ×2' pooled over both."""
+    import pandas as pd
+
+    from bench.report.recovery_view import chosen_lrs
+
+    rows = [{"model": model, "dataset": "fmnist", "method": "funnel", "target": "macs<=0.25",
+             "recovery_epochs": 3, "recovery_lr": lr, "seed": seed}
+            for model, lr in (("vit", 5e-4), ("resnet", 2e-3)) for seed in (0, 1, 2)]
+    rows.append({**rows[0], "seed": 3, "recovery_lr": 2e-3})  # one vit seed chose otherwise
+    lrs = chosen_lrs(pd.DataFrame(rows))
+    assert lrs[("resnet", "fmnist", "funnel", "macs<=0.25", 3)] == "2e-03"
+    assert lrs[("vit", "fmnist", "funnel", "macs<=0.25", 3)] == "5e-04 ×3, 2e-03 ×1"

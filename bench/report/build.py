@@ -206,7 +206,8 @@ def analyse(manifest: Manifest, records: list[Record], out_dir: Path) -> dict:
     recovery_sections = []
     lrs = chosen_lrs(view)
     for (model, dataset), analyses in by_pair.items():
-        sec = recovery_section(analyses, lrs, f"{model} on {dataset}", colors, out_dir,
+        pair_lrs = {k[2:]: v for k, v in lrs.items() if k[:2] == (model, dataset)}
+        sec = recovery_section(analyses, pair_lrs, f"{model} on {dataset}", colors, out_dir,
                                slug(f"{model}-{dataset}"))
         if sec is None:
             continue

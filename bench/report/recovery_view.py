@@ -33,12 +33,21 @@ def _pct(v: float) -> str:
     return f"{100 * v:.2f}"
 
 
-def chosen_lrs(cells: pd.DataFrame) -> dict[tuple[str, str, int], str]:
-    """(method, target, budget) -> the recovery lr its seeds chose, e.g. '2e-03' or
-    '5e-04 ×2, 2e-03 ×1' when seeds chose differently."""
-    out: dict[tuple[str, str, int], str] = {}
+def chosen_lrs(cells: pd.DataFrame) -> dict[tuple[str, str, str, str, int], str]:
+    """(model, dataset, method, target, budget) -> the recovery lr its seeds chose, e.g.
+    '2e-03' or '5e-04 ×2, 2e-03 ×1' when seeds chose differently. Per model and dataset:
+    a method's rows on two models choose their lr apart."""
+    out: dict[tuple[str, str, str, str, int], str] = {}
     if "recovery_lr" not in cells:
         return out
+    ok = cells[cells.recovery_lr.notna() & cells.recovery_epochs.notna()]
+    keys = ["model", "dataset", "method", "target", "recovery_epochs"]
+    for (model, dataset, method, target, epochs), g in ok.groupby(keys):
+        counts = Counter(f"{float(v):.0e}" for v in g.recovery_lr)
+        out[(str(model), str(dataset), str(method), str(target), int(epochs))] = (
+            next(iter(counts)) if len(counts) == 1
+            else ", ".join(f"{lr} ×{n}" for lr, n in counts.most_common()))
+    return out
     ok = cells[cells.recovery_lr.notna() & cells.recovery_epochs.notna()]
     for (method, target, epochs), g in ok.groupby(["method", "target", "recovery_epochs"]):
         counts = Counter(f"{float(v):.0e}" for v in g.recovery_lr)
@@ -180,7 +189,8 @@ def recovery_plot(analyses: dict[int, dict], title: str, colors: dict, out_dir: 
 
 def recovery_section(analyses: dict[int, dict], lrs: dict[tuple[str, str, int], str],
                      title: str, colors: dict, out_dir: Path, stem: str) -> dict | None:
-    """What the templates show for one model x dataset with several recovery budgets."""
+    """What the templates show for one model x dataset with several recovery budgets;
+    ``lrs``: (method, target, budget) -> the lr chosen, for this model x dataset."""
     budgets = sorted(analyses)
     if len(budgets) < 2:
         return None
