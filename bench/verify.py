@@ -273,8 +273,10 @@ class CellCheck:
 
 
 def _machine(env: dict[str, Any] | None) -> str:
+    """CPU model with the instruction set its kernels ran (two "AMD EPYC" can differ), torch."""
     env = env or {}
-    return f"{env.get('cpu') or 'unknown CPU'}, torch {env.get('torch') or 'unknown'}"
+    isa = f" ({env['cpu_capability']})" if env.get("cpu_capability") else ""
+    return f"{env.get('cpu') or 'unknown CPU'}{isa}, torch {env.get('torch') or 'unknown'}"
 
 
 def check_record(committed: dict[str, Any] | None, recomputed: dict[str, Any] | None, *,
@@ -405,8 +407,9 @@ def format_checks(checks: list[CellCheck]) -> str:
                          "torch build: every figure must be equal")
         else:
             lines.append(f"{n} cell(s) committed on {old}, recomputed on {new}: another CPU or "
-                         "torch build, so top-1 is judged against the committed seed spread; "
-                         "MACs, params and ranks must still be equal")
+                         "torch build, so top-1 is judged against the committed seed spread, "
+                         "and so are MACs, params and ranks where the committed seeds chose "
+                         "different structures (else they must be equal)")
     for c in checks:
         if not c.figures:
             lines.append(f"  {c.label}: {c.status}  [{c.cell_id}]")

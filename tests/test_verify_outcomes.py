@@ -278,3 +278,16 @@ def test_same_cpu_name_with_other_kernels_is_another_machine():
     assert not same_machine({**base, "cpu_capability": "AVX2"},
                             {**base, "cpu_capability": "AVX512"})
     assert same_machine(base, {**base, "cpu_capability": "AVX512"})  # older record: unknown
+
+
+def test_the_machines_line_names_the_instruction_sets():
+    """Both CPUs are "AMD EPYC": the line must say what differs, and that MACs may move."""
+    spreads = seed_spreads(COMMITTED)
+    old = {**COMMITTED[0], "env": {**COMMITTED[0]["env"], "cpu": "AMD EPYC",
+                                   "cpu_capability": "AVX2"}}
+    new_env = {**COMMITTED[0]["env"], "cpu": "AMD EPYC", "cpu_capability": "AVX512"}
+    text = format_checks([check_record(old, record(0, 0.3422, env=new_env), spreads=spreads,
+                                       label="m/d seed=0 svd macs<=0.5")])
+    assert ("committed on AMD EPYC (AVX2), torch 2.14.1+cu130, recomputed on AMD EPYC "
+            "(AVX512), torch 2.14.1+cu130: another CPU") in text
+    assert "where the committed seeds chose different structures" in text
