@@ -6,7 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from bench.measure.code_version import blob_id, commit_digest, is_measuring, working_tree_digest
+from bench.measure import code_version as measuring_code
+from bench.measure.code_version import blob_id, commit_digest, is_measuring
 from bench.measure.environment import git_commit
 from bench.report.build import build_report
 from bench.report.provenance import code_version, code_versions
@@ -34,6 +35,12 @@ def repo(tmp_path: Path) -> Path:
 def commit(root: Path, message: str) -> str:
     git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", message)
     return git(root, "rev-parse", "HEAD")
+
+
+def working_tree_digest(root: Path) -> str | None:
+    """The on-disk digest read afresh (the module reads it once per process)."""
+    measuring_code.working_tree_digest.cache_clear()
+    return measuring_code.working_tree_digest(root)
 
 
 def test_blob_id_is_gits(tmp_path):

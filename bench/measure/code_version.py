@@ -45,9 +45,12 @@ def digest(entries: Iterable[tuple[str, str]]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
+@lru_cache(maxsize=8)
 def working_tree_digest(root: Path = PROJECT_ROOT) -> str | None:
-    """The digest of the measuring files as they are on disk now (uncommitted edits
-    included); None when the tree is not there (an installed package without them)."""
+    """The digest of the measuring files on disk (uncommitted edits included), read once
+    per process: every record of a process is made by the code it loaded, so the files
+    are not read again for each record. None when the tree is not there (an installed
+    package without them)."""
     files = [p for d in MEASURING_DIRS for p in sorted((root / d).rglob("*.py"))]
     if not files:
         return None
