@@ -112,6 +112,7 @@ def test_report_warns_on_code_versions_not_on_commits(tmp_path):
     md = (tmp_path / "one" / "README.md").read_text().replace("\\", "")
     assert "versions of the measuring code" not in md and "measured under" not in md
     assert f"code {'a' * 16} (commits 00000000, 11111111, 22222222; {len(paths)} cells)" in md
+    assert "| code digest |" not in md  # shown once, in the "measuring code" row
 
     rec = json.loads(paths[0].read_text())
     rec["env"]["code_digest"] = "b" * 16

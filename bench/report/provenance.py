@@ -21,6 +21,7 @@ LABELS = {"git_commit": "git commit", "cpu": "CPU model", "gpu": "GPU", "cpu_cou
 FIRST = ("cpu", "gpu", "cpu_count", "cpu_cores_available", "torch_threads", "python", "torch",
          "timm", "git_commit")
 WATCH = {"torch": "torch versions"}
+SHOWN_APART = "code_digest"  # in the "measuring code" row, with the commits of each version
 
 
 def _text(v: Any) -> str:
@@ -48,7 +49,7 @@ def provenance(records: list[Record], suite: str, suite_hash: str, counts: dict
         rows.append(("records created", f"{created[0]} to {created[-1]}"))
     envs = [r.env for r in records]
     keys = [k for k in FIRST if any(k in e for e in envs)]
-    keys += [k for k in dict.fromkeys(k for e in envs for k in e) if k not in keys]
+    keys += [k for k in dict.fromkeys(k for e in envs for k in e) if k not in keys + [SHOWN_APART]]
     for k in keys:
         rows.append((LABELS.get(k, k.replace("_", " ")), summary([e.get(k) for e in envs])))
     warnings = []
