@@ -173,6 +173,25 @@ class ResultStore:
     def has_checkpoint(self, key: str) -> bool:
         return self.checkpoint_path(key).exists()
 
+    # A dense baseline that failed to train, for the other units of the same run that
+    # wait for it: they fail at once with its error instead of training it again. A new
+    # run clears them (``clear_baseline_failures``) and tries again.
+    def baseline_failure_path(self, key: str) -> Path:
+        return self.ckpt_dir / f"{key}.failed.txt"
+
+    def record_baseline_failure(self, key: str, error: str) -> None:
+        atomic_write_bytes(self.baseline_failure_path(key), error.encode())
+
+    def baseline_failure(self, key: str) -> str | None:
+        try:
+            return self.baseline_failure_path(key).read_text()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    def clear_baseline_failures(self) -> None:
+        for path in self.ckpt_dir.glob("*.failed.txt") if self.ckpt_dir.exists() else ():
+            path.unlink(missing_ok=True)
+
     # -- pending cells (trained, evaluated, waiting for the timing phase) --------
     def pending_path(self, cell_id: str) -> Path:
         return self.pending_dir / f"{cell_id}.pt"

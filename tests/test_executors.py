@@ -52,6 +52,8 @@ def test_local_jobs_match_serial_and_a_killed_worker_costs_one_cell(serial_resul
     assert main(["run", str(path), "--results", str(results), "--jobs", "2"]) == 1
     out = capsys.readouterr().out
     assert "local, 2 worker processes" in out and "timing 4 cell(s)" in out
+    # each seed's post methods are units of their own; its baseline is trained once
+    assert out.count("training dense baseline") == 2, out
     assert "of 4 cell(s) carry the timing of an identical architecture of their row" in out
     recs = _by_id(results)
     killed = [r for r in recs.values() if r["status"] == "failed"]

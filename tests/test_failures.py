@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench.cli import main
 
 PLUGINS = "tests.failing_methods"
@@ -61,12 +63,16 @@ def test_raise_nan_oom_are_recorded_and_the_rest_finishes(tiny_suite, write_suit
             if r["status"] == "ok"} == ok_before
 
 
-def test_failing_dense_baseline_fails_its_group_once(tiny_suite, write_suite, tmp_path, capsys):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_failing_dense_baseline_fails_its_group_once(tiny_suite, write_suite, tmp_path, capsys,
+                                                     jobs):
+    """With two workers the dense row and svd are units of their own that share the
+    baseline: whichever trains it first fails, the other fails with its error, untrained."""
     tiny_suite["train"].update(optimizer="sgd", lr=1e30)  # diverges to inf/NaN at once
     tiny_suite["targets"] = [{"macs": 0.5}, {"macs": 0.25}]
     path = write_suite(tiny_suite)
     results = tmp_path / "results"
-    assert main(["run", str(path), "--results", str(results)]) == 1
+    assert main(["run", str(path), "--results", str(results), "--jobs", jobs]) == 1
     out = capsys.readouterr().out
     assert out.count("training dense baseline") == 1
     recs = _records(results)

@@ -217,6 +217,25 @@ def test_post_methods_share_the_workers_once_the_baseline_is_a_checkpoint(tiny_s
     assert sorted(c.id for g in split.values() for c in g) == sorted(c.id for c in cells)
 
 
+def test_workers_on_one_disk_split_the_post_methods_before_the_baseline_exists(tiny_suite,
+                                                                              write_suite):
+    """The unit that trains the baseline goes first, the units that need none next, the
+    other post methods last: by then the baseline is a checkpoint, not trained twice."""
+    from bench.run.plan import group_cells
+
+    suite, _ = load_suite(write_suite(recovery_suite(tiny_suite)), check_models=False)
+    cells = expand(suite)
+    units = list(group_cells(cells, baseline_cached=lambda key: False, split=True).values())
+    methods = [g[0].method for g in units]
+    assert methods == ["dense", "monarch-scratch", "svd", "prune-l1", "funnel"], methods
+    for g in units:
+        assert len({c.method for c in g}) == 1
+    assert sorted(c.id for g in units for c in g) == sorted(c.id for c in cells)
+    # one worker (or workers without a shared disk): the baseline's unit keeps them all
+    assert list(group_cells(cells, baseline_cached=lambda key: False).keys()) == list(
+        group_cells(cells).keys())
+
+
 def test_the_recovery_view_shows_rows_without_a_result_by_their_state(tmp_path):
     from bench.report.build import environments
     from bench.report.recovery_view import recovery_section

@@ -10,12 +10,11 @@ an edited folder is decoded again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.atomic import exclusive_lock
 from bench.data.base import DataBundle
 from bench.data.images import make_bundle, parse_options
 from bench.data.registry import DatasetMissingError, register_dataset
@@ -100,26 +100,6 @@ def _read_cache(cache_file: Path) -> dict[str, torch.Tensor] | None:
         return None
 
 
-@contextlib.contextmanager
-def _cache_lock(cache_file: Path) -> Iterator[None]:
-    """An exclusive lock beside the cache file, so one process decodes and others wait.
-
-    Without a lock file (a read-only data root, no ``fcntl``) everyone decodes;
-    the unique temporary names below still keep the writers apart.
-    """
-    try:
-        import fcntl
-
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(cache_file.with_name(cache_file.name + ".lock"), "a")  # noqa: SIM115
-    except (ImportError, OSError):
-        yield
-        return
-    with fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # released when the file is closed
-        yield
-
-
 def load_or_decode(cache_file: Path,
                    decode: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The cached tensors, else decode once (under the lock) and write the cache.
@@ -132,7 +112,7 @@ def load_or_decode(cache_file: Path,
     tensors = _read_cache(cache_file)
     if tensors is not None:
         return tensors
-    with _cache_lock(cache_file):
+    with exclusive_lock(cache_file):  # one process decodes, the others wait for its cache
         tensors = _read_cache(cache_file)  # decoded by another worker while we waited
         if tensors is not None:
             return tensors

@@ -270,6 +270,7 @@ def run_suite(suite: Suite, results_dir: str | Path, *, device: torch.device | N
     started = time.perf_counter()
     store = ResultStore(results_dir)
     store.clean_stale_temp_files()
+    store.clear_baseline_failures()  # a new run tries a failed baseline again
     # what the whole suite expects, read by the reports (a slice's run promises no less)
     write_manifest(suite.full_suite, results_dir)
     cells = expand(suite)
@@ -302,8 +303,8 @@ def run_suite(suite: Suite, results_dir: str | Path, *, device: torch.device | N
         waited = False
         try:
             for wave in waves:
-                groups = [(content_hash(list(key)), g)
-                          for key, g in group_cells(wave, store.has_checkpoint).items()]
+                groups = [(content_hash(list(key)), g) for key, g in group_cells(
+                    wave, store.has_checkpoint, split=ex.shares_disk and ex.jobs > 1).items()]
                 while groups:
                     driver.locked = []
                     ex.run(driver.tasks(groups), driver.handle)

@@ -14,25 +14,39 @@ from bench.store import ResultStore
 from bench.suite import Suite
 
 
-def group_cells(cells: list[Cell], baseline_cached: Callable[[str], bool] | None = None
-                ) -> OrderedDict[tuple, list[Cell]]:
-    """Cells by the unit of work: (model, dataset, seed) for the post methods, which
-    share the dense baseline, plus (..., training key) per "train" method params.
+def group_cells(cells: list[Cell], baseline_cached: Callable[[str], bool] | None = None,
+                split: bool = False) -> OrderedDict[tuple, list[Cell]]:
+    """Cells by the unit of work a worker takes: one per "train" method params on a
+    (model, dataset, seed), and one per post method there, all of whose targets and
+    recovery budgets stay together (one compression, fine-tuned per budget).
 
-    Where ``baseline_cached(baseline key)`` says the dense baseline is already a
-    checkpoint, each post method is a unit of its own (workers then share the
-    post methods instead of one worker taking all of them); otherwise they stay
-    together, so that the baseline is trained once.
+    Post methods start from the (model, dataset, seed)'s dense baseline. Where
+    ``baseline_cached(baseline key)`` says it is not a checkpoint yet, they form one
+    unit that trains it, unless ``split`` (workers that share the results directory):
+    then the first post method's unit (the dense reference row, where the suite has
+    one) trains it, and the other post methods' units come after every unit that needs
+    no baseline, so that by the time a worker takes one the baseline is usually a
+    checkpoint; a worker that gets there first waits for it (``GroupStages.baseline``
+    holds a lock while it trains), so it is trained once. Units are returned in the
+    order to dispatch them.
     """
-    groups: OrderedDict[tuple, list[Cell]] = OrderedDict()
+    first: OrderedDict[tuple, list[Cell]] = OrderedDict()
+    after: OrderedDict[tuple, list[Cell]] = OrderedDict()
+    trains_baseline: dict[tuple, str] = {}  # group key -> the post method that trains it
     for c in cells:
         key: tuple = c.group_key()
         if get_method(c.method).kind == "train":
-            key = (*key, c.training_key())
+            first.setdefault((*key, c.training_key()), []).append(c)
         elif baseline_cached is not None and baseline_cached(c.baseline_key()):
-            key = (*key, "post", c.method_label)
-        groups.setdefault(key, []).append(c)
-    return groups
+            first.setdefault((*key, "post", c.method_label), []).append(c)
+        elif not split:
+            first.setdefault(key, []).append(c)
+        elif trains_baseline.setdefault(key, c.method_label) == c.method_label:
+            first.setdefault((*key, "post", c.method_label), []).append(c)
+        else:
+            after.setdefault((*key, "post", c.method_label), []).append(c)
+    first.update(after)
+    return first
 
 
 def cell_state(store: ResultStore, cell: Cell, retry_failed: bool = False) -> str:

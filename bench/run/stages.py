@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.atomic import exclusive_lock
 from bench.cells import Cell
 from bench.data import DataBundle
 from bench.ledger import cell_budgets, phase_entry, planned_phase
@@ -149,26 +150,43 @@ class GroupStages:
     def _load_or_train_baseline(self, cell: Cell) -> tuple[nn.Module, float]:
         key = cell.baseline_key()
         model = self.fresh_model(cell)
+        label = f"{cell.model.display}/{cell.dataset.display} seed={cell.seed}"
         ckpt = self.store.load_checkpoint(key)
-        if ckpt is not None:
-            model.load_state_dict(ckpt["state_dict"])
-            seconds = float(ckpt["seconds"])
-            phase = ckpt.get("ledger_phase") or planned_phase(
-                "pretrain", cell.train.model_dump(), len(self.data.train))
-            self.say(f"  dense baseline {cell.model.display}/{cell.dataset.display} "
-                     f"seed={cell.seed}: cached checkpoint")
-        else:
-            self.say(f"  training dense baseline {cell.model.display}/{cell.dataset.display} "
-                     f"seed={cell.seed} ({cell.train.epochs} epochs)")
-            with self.epochs_bar(f"dense {cell.model.display}", cell.train.epochs) as bar:
-                stats = train(model, self.data, seed=cell.seed, progress=bar,
-                              **budget_kwargs(cell.train))
-            seconds = stats.seconds
-            phase = phase_entry("pretrain", stats)
-            self.work_s += seconds
-            self.store.save_checkpoint(key, {"state_dict": model.state_dict(),
-                                             "seconds": seconds, "history": stats.history,
-                                             "ledger_phase": phase})
+        if ckpt is None:  # trained by whoever takes the lock first; the others load it
+            with exclusive_lock(self.store.checkpoint_path(key), on_wait=lambda: self.say(
+                    f"  dense baseline {label}: being trained by another worker, waiting")):
+                ckpt = self.store.load_checkpoint(key)
+                if ckpt is None:
+                    failed = self.store.baseline_failure(key)
+                    if failed is not None:  # another unit of this run tried: its error stands
+                        raise StageFailedError(f"dense baseline failed in another unit of this "
+                                               f"run: {failed}")
+                    try:
+                        return self._train_baseline(cell, model)
+                    except Exception as exc:
+                        self.store.record_baseline_failure(key, f"{type(exc).__name__}: {exc}")
+                        raise
+        model.load_state_dict(ckpt["state_dict"])
+        phase = ckpt.get("ledger_phase") or planned_phase(
+            "pretrain", cell.train.model_dump(), len(self.data.train))
+        self.say(f"  dense baseline {label}: cached checkpoint")
+        return self._keep_baseline(key, model, float(ckpt["seconds"]), phase)
+
+    def _train_baseline(self, cell: Cell, model: nn.Module) -> tuple[nn.Module, float]:
+        self.say(f"  training dense baseline {cell.model.display}/{cell.dataset.display} "
+                 f"seed={cell.seed} ({cell.train.epochs} epochs)")  # the log's own wording
+        with self.epochs_bar(f"dense {cell.model.display}", cell.train.epochs) as bar:
+            stats = train(model, self.data, seed=cell.seed, progress=bar,
+                          **budget_kwargs(cell.train))
+        phase = phase_entry("pretrain", stats)
+        self.work_s += stats.seconds
+        self.store.save_checkpoint(cell.baseline_key(), {
+            "state_dict": model.state_dict(), "seconds": stats.seconds,
+            "history": stats.history, "ledger_phase": phase})
+        return self._keep_baseline(cell.baseline_key(), model, stats.seconds, phase)
+
+    def _keep_baseline(self, key: str, model: nn.Module, seconds: float, phase: dict
+                       ) -> tuple[nn.Module, float]:
         # which trained dense model this is: every row of the group names it in its ledger
         self.phases[key] = {**phase, "weights": weights_digest(model)}
         self._baseline = (model, seconds)

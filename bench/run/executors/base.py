@@ -42,6 +42,9 @@ class Executor(ABC):
     name: str = ""
     defers_timing: bool = False
     return_payloads: bool = False
+    # workers see one results directory and its file locks, so a unit may wait for a
+    # dense baseline another worker is training (bench.run.plan.group_cells)
+    shares_disk: bool = True
 
     def __init__(self, jobs: int = 1):
         self.jobs = max(1, jobs)

@@ -78,6 +78,7 @@ class RayExecutor(Executor):
     name = "ray"
     defers_timing = True
     return_payloads = True
+    shares_disk = False  # nodes may not share the results directory
 
     def __init__(self, jobs: int = 0, address: str | None = None):
         super().__init__(jobs or 1)
