@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 from bench.measure import code_version as measuring_code
 from bench.measure.code_version import blob_id, commit_digest, is_measuring
 from bench.measure.environment import git_commit
 from bench.report.build import build_report
-from bench.report.provenance import code_version, code_versions
+from bench.report.provenance import code_version, code_versions, version_steps
 from tests.test_report import write_synthetic
 
 
@@ -122,3 +123,29 @@ def test_report_warns_on_code_versions_not_on_commits(tmp_path):
     assert ("records were measured under 2 versions of the measuring code (the Python files "
             "of bench/ and methods/, report rendering aside): code " + "a" * 16) in md
     assert f"code {'b' * 16} (commit 00000000; 1 cell)" in md
+
+
+def test_the_warning_names_the_files_that_changed_between_versions(tmp_path):
+    """Told only "3 versions", a reader cannot tell whether a change touched a row; the
+    steps name the measuring files each change edited, in the order they were used."""
+    root = repo(tmp_path)
+    first = git(root, "rev-parse", "HEAD")
+    (root / "methods/svd.py").write_text("z = 2\n")
+    (root / "bench/report/render.py").write_text("y = 2\n")  # not measuring: not named
+    second = commit(root, "svd changed")
+    (root / "bench/run.py").write_text("x = 2\n")
+    third = commit(root, "runner changed")
+
+    def record(i: int, commit_id: str) -> SimpleNamespace:  # what the steps read of a record
+        return SimpleNamespace(created=f"2026-01-0{i}T00:00:00+00:00",
+                               env={"git_commit": commit_id})
+
+    records = [record(3, third), record(1, first), record(2, second),
+               record(4, third + "-dirty"), record(5, "f" * 40)]
+    steps = version_steps(records, root)
+    one, two, three = (code_version({"git_commit": c}, root) for c in (first, second, third))
+    assert steps[:3] == [f"{one} → {two}: methods/svd.py", f"{two} → {three}: bench/run.py",
+                         f"{three} → {three} + edits: uncommitted edits, not recorded"]
+    assert steps[3].endswith(": not known (edits measured before they were committed, or a "
+                             "commit not in this repository's history)")
+    assert len(steps) == 4

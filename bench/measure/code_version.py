@@ -58,8 +58,8 @@ def working_tree_digest(root: Path = PROJECT_ROOT) -> str | None:
 
 
 @lru_cache(maxsize=256)
-def commit_digest(commit: str, root: Path = PROJECT_ROOT) -> str | None:
-    """The digest of the measuring files at a commit of the repository at root; None
+def commit_files(commit: str, root: Path = PROJECT_ROOT) -> tuple[tuple[str, str], ...] | None:
+    """(path, blob id) of the measuring files at a commit of the repository at root; None
     when git or the commit is not available (a shallow clone, an installed package)."""
     try:
         out = subprocess.run(["git", "ls-tree", "-r", "--full-tree", commit, "--",
@@ -73,6 +73,19 @@ def commit_digest(commit: str, root: Path = PROJECT_ROOT) -> str | None:
     for line in out.stdout.splitlines():  # "<mode> blob <id>\t<path>"
         meta, _, path = line.partition("\t")
         parts = meta.split()
-        if len(parts) == 3 and parts[1] == "blob":
+        if len(parts) == 3 and parts[1] == "blob" and is_measuring(path):
             entries.append((path, parts[2]))
-    return digest(entries) if entries else None
+    return tuple(sorted(entries)) or None
+
+
+def commit_digest(commit: str, root: Path = PROJECT_ROOT) -> str | None:
+    """The digest of the measuring files at a commit (see :func:`commit_files`)."""
+    files = commit_files(commit, root)
+    return digest(files) if files else None
+
+
+def changed_files(before: Iterable[tuple[str, str]], after: Iterable[tuple[str, str]]
+                  ) -> list[str]:
+    """The measuring files that differ between two versions: edited, added or removed."""
+    a, b = dict(before), dict(after)
+    return sorted(p for p in a.keys() | b.keys() if a.get(p) != b.get(p))

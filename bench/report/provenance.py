@@ -12,7 +12,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.measure.code_version import PROJECT_ROOT, commit_digest
+from bench.measure.code_version import (
+    PROJECT_ROOT,
+    changed_files,
+    commit_digest,
+    commit_files,
+    digest,
+)
 from bench.record import Record, machine_label
 
 LABELS = {"git_commit": "git commit", "cpu": "CPU model", "gpu": "GPU", "cpu_count": "CPU cores",
@@ -73,7 +79,8 @@ def provenance(records: list[Record], suite: str, suite_hash: str, counts: dict
             f"records were measured under {len(versions)} versions of the measuring code "
             "(the Python files of bench/ and methods/, report rendering aside): "
             f"{summary_counts(versions)}. Figures of different versions compare only where "
-            "the change between them did not touch what they measure")
+            "the change between them did not touch what they measure. What changed, in the "
+            "order the versions were first used: " + "; ".join(version_steps(records)))
     for key, what in WATCH.items():
         vals = {_text(e.get(key)) for e in envs if e.get(key) is not None}
         if len(vals) > 1:
@@ -110,6 +117,46 @@ def code_versions(envs: list[dict], root: Path = PROJECT_ROOT) -> dict[str, Coun
             short = commit[:8] + ("-dirty" if commit.endswith("-dirty") else "")
             out.setdefault(version, Counter())[short] += 1
     return out
+
+
+EDITS = " + unrecorded uncommitted edits"
+MOST_FILES = 8  # files named per step; the rest are counted
+
+
+def version_steps(records: list[Record], root: Path = PROJECT_ROOT) -> list[str]:
+    """"code A → code B: the measuring files that changed" for each pair of versions next
+    to each other in the order the records first used them, read from git history (the
+    files of a commit each version's records name), so a reader can tell whether a change
+    touched what a row measures."""
+    first: dict[str, tuple | None] = {}  # version -> its files, in order of first use
+    for r in sorted(records, key=lambda r: r.created or ""):
+        version = code_version(r.env or {}, root)
+        if version is None or first.get(version) is not None:
+            continue
+        commit = str((r.env or {}).get("git_commit") or "").removesuffix("-dirty")
+        files = commit_files(commit, root) if commit and version.startswith("code ") else None
+        # the commit's files are this version's when their digest is the version's own
+        first[version] = files if files and digest(files) == version.split()[1] else None
+    versions = list(first)
+    steps = []
+    for a, b in zip(versions, versions[1:]):
+        step = f"{_short(a)} → {_short(b)}: "
+        fa, fb = first[a], first[b]
+        if fa is None or fb is None:
+            steps.append(step + "not known (edits measured before they were committed, or "
+                                "a commit not in this repository's history)")
+            continue
+        changed = changed_files(fa, fb)
+        text = ", ".join(changed[:MOST_FILES]) + (
+            f" and {len(changed) - MOST_FILES} more" if len(changed) > MOST_FILES else "")
+        if a.endswith(EDITS) or b.endswith(EDITS):
+            text = (text + "; " if text else "") + "uncommitted edits, not recorded"
+        steps.append(step + (text or "nothing"))
+    return steps
+
+
+def _short(version: str) -> str:
+    return version.removesuffix(EDITS) + (" + edits" if version.endswith(EDITS) else "")
 
 
 def summary_counts(versions: dict[str, Counter]) -> str:
