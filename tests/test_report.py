@@ -464,3 +464,25 @@ def test_over_budget_entries_are_shown_but_not_ranked(tmp_path):
     xss = next(s for s in scores if s["method"] == XSS_METHOD)
     assert not xss["complete"] and xss["iso_macs"] is None and xss["auc_macs"] is None
     assert all(s["iso_macs"] is None or s["iso_macs"] < 1 for s in scores)
+
+
+def test_a_row_first_only_through_its_seed_spread_is_marked_in_the_tables(tmp_path):
+    """Bold alone reads as "a winner": a row that no row beats only because its seeds spread
+    widely, below a steadier row the leader beats, carries a mark and its note."""
+    _, results = write_synthetic(tmp_path, seeds=[0, 1, 2], fail_one=False)
+    tops = {"svd": (0.90, 0.90, 0.90), "svd-global": (0.85, 0.851, 0.849),
+            XSS_METHOD: (0.80, 0.95, 0.70)}
+    for path in (results / "cells").glob("*.json"):
+        rec = json.loads(path.read_text())
+        if rec["method"] in tops and rec["target"] == {"macs": 0.5}:
+            rec["metrics"]["top1"] = tops[rec["method"]][rec["seed"]]
+            path.write_text(json.dumps(rec))
+    build_report(results, tmp_path / "out")
+    md = (tmp_path / "out" / "README.md").read_text().replace("\\", "")
+    assert "rank 1 only through its wide seed spread" in md
+    pivot_rows = [line.split("|") for line in md.splitlines()
+                  if line.startswith("| ") and "× dense" not in line]
+    wide = next(cells for cells in pivot_rows if cells[2].strip().startswith("**81.67 ("))
+    assert "≈" in wide[2]  # rank 1 (bold), marked
+    steady = next(cells for cells in pivot_rows if cells[1].strip() == "svd-global")
+    assert steady[2].strip().startswith("85.00 (") and "≈" not in steady[2]  # beaten, plain

@@ -164,6 +164,9 @@ def analyse_group(cells: pd.DataFrame, batches: dict[str, list[str]], reference:
         ranks = tie_ranks([m["est"] for m in within], [m["by_seed"] for m in within], noise)
         for m, (rank, tied) in zip(within, ranks):
             m["rank"], m["tied"] = rank, tied
+        for m in within:  # ties are not transitive: rank 1 only through a wide seed spread
+            m["first_by_spread"] = m["rank"] == 1 and any(
+                o["rank"] != 1 and o["est"].mean > m["est"].mean for o in within)
         for m in over + absent:
             m["rank"], m["tied"] = None, False
         within.sort(key=lambda m: (m["rank"], -m["est"].mean, m["method"]))

@@ -18,6 +18,11 @@ from bench.report.stats import Estimate
 NA = "n/a"
 GAP = "–"  # no result: shown, never blank
 FRONT_MARK = "◆"  # on the MACs Pareto front (bench.report.pareto)
+# rank 1 only because its seeds spread too widely for any row to beat it, while the
+# leader beats rows above it by mean (ties are not transitive)
+SPREAD_MARK = "≈"
+SPREAD_NOTE = (f"{SPREAD_MARK} rank 1 only through its wide seed spread: no row beats it "
+               "beyond the paired 95% interval, yet the leader beats rows above it by mean")
 OTHER_MACHINE_MARK = "†"  # a time or cost taken on another machine than the reference's
 ERROR_CHARS = 400
 
@@ -151,7 +156,8 @@ def row(e: dict, a: dict, dense: bool = False) -> dict:
         if len(e["seeds"]) < e["expected_seeds"]:
             acc += f" (n={len(e['seeds'])} of {e['expected_seeds']})"
         rank = ("over budget" if e.get("rank") is None
-                else ("=" if e.get("tied") else "") + str(e["rank"]))
+                else ("=" if e.get("tied") else "") + str(e["rank"])
+                + (f" {SPREAD_MARK}" if e.get("first_by_spread") else ""))
         delta = fmt(None if e["delta"] is None else 100 * e["delta"], "+.2f")
         cells = ["ref" if dense else rank, e["method"], acc, ci, "0.00" if dense else delta]
         tips = ["", f"seeds {', '.join(map(str, e['seeds']))}", f"{len(e['seeds'])} seed(s)",
@@ -273,8 +279,9 @@ def pivot(a: dict) -> dict:
             else:
                 flag = " ⚠ over budget" if e["over_budget"] else ""
                 front = f" {FRONT_MARK}" if e.get("on_front") else ""
+                spread = f" {SPREAD_MARK}" if e.get("first_by_spread") else ""
                 text = (f"{100 * e['est'].mean:.2f} ({fmt(e.get('macs_ratio'), '.2f')}×)"
-                        f"{front}{flag}")
+                        f"{front}{spread}{flag}")
                 cells.append({"text": text, "best": e.get("rank") == 1, "state": e["state"],
                               "tip": front_note(a) if front else ""})
         s = auc.get(m)
@@ -296,8 +303,9 @@ def front_note(a: dict) -> str:
            }.get(a.get("front_basis", "means"),
                  "better by mean (one seed: no interval over seeds, so a rerun can move the "
                  "front)")
+    spread = any(e.get("first_by_spread") for t in a.get("tiers", []) for e in t["entries"])
     return (f"{FRONT_MARK} on the MACs Pareto front: no entry of the same or lower MACs "
-            f"ratio, the reference included, is {how}")
+            f"ratio, the reference included, is {how}" + (f"; {SPREAD_NOTE}" if spread else ""))
 
 
 def rank_row(r: dict) -> dict:
