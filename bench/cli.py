@@ -57,7 +57,7 @@ def cmd_run(args) -> int:
             est = estimate_suite(suite, results, args.data_root, retry_failed=args.retry_failed,
                                  share_timing=not args.time_each_cell)
             if est.cells or est.missing:
-                print(format_estimate(est, args.jobs))
+                print(format_estimate(est, args.jobs, args.executor))
         return 0
     from bench.preflight import PreflightError, preflight
 

@@ -39,6 +39,7 @@ import dataclasses
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,13 +76,25 @@ class Estimate:
     missing: list[str] = field(default_factory=list)  # why some cells have no estimate
     trainings: int = 0
     probe_s: float = 0.0
+    # per cell id: seconds a worker spends on it, and seconds of its latency timing (the
+    # driver's timing phase when workers defer it): what the schedule below runs
+    cell_work: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    cell_timing: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    todo: list[Any] = field(default_factory=list)  # the cells still to run (bench.cells.Cell)
+    checkpointed: set[str] = field(default_factory=set)  # dense baselines already trained
 
     @property
     def total_s(self) -> float:
         """Serial wall-clock seconds: one process does all of it."""
         return self.device_s + self.cpu_s
 
-    def add(self, model: str, method: str, device_s: float, cpu_s: float = 0.0) -> None:
+    def add(self, model: str, method: str, device_s: float, cpu_s: float = 0.0,
+            cell: str | None = None, timing_s: float = 0.0) -> None:
+        """Work of ``device_s`` seconds (``timing_s`` of it latency timing) and ``cpu_s`` of
+        CPU timing, counted for the model and method and, with ``cell``, for that cell."""
+        if cell is not None:
+            self.cell_work[cell] += device_s - timing_s
+            self.cell_timing[cell] += timing_s + cpu_s
         self.device_s += device_s
         self.cpu_s += cpu_s
         for table, key in ((self.per_model, model), (self.per_method, method)):
@@ -201,6 +214,8 @@ def estimate_suite(suite: Any, results_dir: str | Path, data_root: str | None = 
     est = Estimate(device=device.type)
     started = time.perf_counter()
     cells = [c for c in expand(suite) if not store.is_done(c.id, retry_failed)]
+    est.todo = cells
+    est.checkpointed = {c.baseline_key() for c in cells if store.has_checkpoint(c.baseline_key())}
     records = [r for r in store.records() if r.get("status") == "ok"]
     bundles: dict[str, DataBundle | None] = {}
     probes: dict[tuple[str, str], ModelProbe] = {}
@@ -226,7 +241,8 @@ def estimate_suite(suite: Any, results_dir: str | Path, data_root: str | None = 
         est.cells += 1
         label, method = c.model.display, c.method_label
         if store.has_pending(c.id):
-            est.add(label, method, p.measure_cuda_s, p.measure_s)
+            est.add(label, method, p.measure_cuda_s, p.measure_s, cell=c.id,
+                    timing_s=p.measure_cuda_s)
             continue
 
         kind = get_method(c.method).kind
@@ -235,7 +251,7 @@ def estimate_suite(suite: Any, results_dir: str | Path, data_root: str | None = 
             trained.add(key)
             est.trainings += 1
             owner = method if kind == "train" else "(dense baselines)"
-            est.add(label, owner, _train_s(p, c.train, c.train.epochs))
+            est.add(label, owner, _train_s(p, c.train, c.train.epochs), cell=c.id)
         same = [r for r in records if r.get("model") == label and r.get("method_name") == c.method
                 and r.get("dataset") == c.dataset.display]
         if same:
@@ -262,16 +278,49 @@ def estimate_suite(suite: Any, results_dir: str | Path, data_root: str | None = 
         times = not share_timing or c.family_key() not in timed
         timed.add(c.family_key())
         cuda_s, cpu_s = (p.measure_cuda_s, p.measure_s) if times else (0.0, 0.0)
-        est.add(label, method, compress + finetune + evaluation + cuda_s, cpu_s)
+        est.add(label, method, compress + finetune + evaluation + cuda_s, cpu_s, cell=c.id,
+                timing_s=cuda_s)
     est.probe_s = time.perf_counter() - started
     return est
+
+
+def scheduled_wall_s(est: Estimate, cells: list[Any], jobs: int, split: bool,
+                     baseline_cached: Callable[[str], bool], defer_timing: bool = True) -> float:
+    """Wall seconds of the run on ``jobs`` workers: its units dispatched in the runner's order
+    (bench.run.plan.group_cells), each to the first free worker, wave by wave (a later
+    seed waits for the first seed's lr choice, bench.run.driver.lr_waves), and each wave's
+    timing after its units when the workers defer it. A unit that needs a dense baseline
+    another unit trains starts no earlier than that unit ends."""
+    from bench.plugins import get_method
+    from bench.run.driver import lr_waves
+    from bench.run.plan import group_cells
+
+    wall = 0.0
+    for wave in lr_waves([c for c in cells if c.id in est.cell_work]):
+        free = [wall] * max(1, jobs)
+        trained_by: dict[str, float] = {}  # baseline key -> when the unit training it ends
+        for unit in group_cells(wave, baseline_cached, split=split).values():
+            work = sum(est.cell_work[c.id] for c in unit)
+            if not defer_timing:
+                work += sum(est.cell_timing[c.id] for c in unit)
+            k = min(range(len(free)), key=free.__getitem__)
+            baseline = unit[0].baseline_key()
+            waits = get_method(unit[0].method).kind != "train" and not baseline_cached(baseline)
+            start = max(free[k], trained_by.get(baseline, 0.0)) if waits else free[k]
+            free[k] = start + work
+            if waits:
+                trained_by.setdefault(baseline, free[k])  # the first such unit trains it
+        wall = max(free)
+        if defer_timing:
+            wall += sum(est.cell_timing[c.id] for c in wave)
+    return wall
 
 
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
 
 
-def format_estimate(est: Estimate, jobs: int = 1) -> str:
+def format_estimate(est: Estimate, jobs: int = 1, executor: str | None = None) -> str:
     """The dry run's lines: totals, then per model and per method."""
     gpu = est.device == "cuda"
     dev_name = "GPU" if gpu else "CPU"
@@ -286,8 +335,14 @@ def format_estimate(est: Estimate, jobs: int = 1) -> str:
         lines.append(f"  CPU-hours {est.total_s / 3600:.2f} (serial wall time about "
                      f"{_hours(est.total_s)}); GPU-hours: no CUDA device here, run --dry-run on "
                      "the GPU machine for its figure")
-    if jobs > 1:
-        lines.append(f"  with {jobs} jobs: about {_hours(est.total_s / jobs)} at best")
+    if jobs > 1 and executor != "serial":
+        executor = executor or "local"
+        wall = scheduled_wall_s(est, est.todo, jobs, split=executor == "local",
+                                baseline_cached=est.checkpointed.__contains__)
+        lines.append(f"  with {jobs} jobs ({executor}): about {_hours(wall)} of wall time, the "
+                     "units dispatched in the run's order to the first free worker and "
+                     f"timed after them ({_hours(est.total_s / jobs)} if the work divided "
+                     "evenly)")
     for title, table in (("per model", est.per_model), ("per method", est.per_method)):
         lines.append(f"  {title}:")
         width = max((len(k) for k in table), default=0)

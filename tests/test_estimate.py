@@ -91,3 +91,33 @@ def test_timing_is_priced_once_per_row_and_seed_when_shared(tiny_suite, tmp_path
     assert shared.cells == each.cells == 8
     assert each.cpu_s == pytest.approx(8 * 10.0) and shared.cpu_s == pytest.approx(4 * 10.0)
     assert each.device_s == pytest.approx(shared.device_s)
+
+
+def test_the_jobs_estimate_runs_the_units_in_the_runners_order(tiny_suite):
+    """Two workers on one seed: the dense row's unit trains the baseline (100 s), a train
+    method takes the other worker (100 s), the other post methods follow; against the old
+    grouping, where one worker ran every post method after the baseline."""
+    from bench.cells import expand
+    from bench.estimate import Estimate, scheduled_wall_s
+
+    tiny_suite["methods"] = [{"name": "dense"}, {"name": "svd"}, {"name": "prune-l1"},
+                             {"name": "funnel"}, {"name": "monarch-scratch"}]
+    cells = expand(Suite(**tiny_suite))
+    est = Estimate(device="cpu")
+    seconds = {"dense": 100.0, "svd": 30.0, "prune-l1": 30.0, "funnel": 30.0,
+               "monarch-scratch": 100.0}
+    for c in cells:
+        est.add("mlp", c.method_label, seconds[c.method], 2.0, cell=c.id)
+    cold = est.checkpointed.__contains__  # no baseline trained yet
+    timing = 2.0 * len(cells)
+    # split: A dense 0-100, B monarch-scratch 0-100, then svd, prune-l1, funnel: 100-160
+    assert scheduled_wall_s(est, cells, 2, split=True, baseline_cached=cold) == 160 + timing
+    # together: A dense + the post methods 0-190, B monarch-scratch 0-100
+    assert scheduled_wall_s(est, cells, 2, split=False, baseline_cached=cold) == 190 + timing
+    assert scheduled_wall_s(est, cells, 1, split=False, baseline_cached=cold) == 290 + timing
+    # a unit waits for the baseline another unit is training: three workers, the third
+    # takes svd at once but starts it only when dense's unit ends (100-130), then A and B
+    # take prune-l1 and funnel (100-130); without the wait it would all end at 100
+    assert scheduled_wall_s(est, cells, 3, split=True, baseline_cached=cold) == 130 + timing
+    text = format_estimate(est, 2)
+    assert "with 2 jobs (local): about" in text and "if the work divided evenly" in text
