@@ -162,7 +162,7 @@ class GroupStages:
                         raise StageFailedError(f"dense baseline failed in another unit of this "
                                                f"run: {failed}")
                     try:
-                        return self._train_baseline(cell, model)
+                        return self._train_baseline(cell, model, label)
                     except Exception as exc:
                         self.store.record_baseline_failure(key, f"{type(exc).__name__}: {exc}")
                         raise
@@ -172,9 +172,9 @@ class GroupStages:
         self.say(f"  dense baseline {label}: cached checkpoint")
         return self._keep_baseline(key, model, float(ckpt["seconds"]), phase)
 
-    def _train_baseline(self, cell: Cell, model: nn.Module) -> tuple[nn.Module, float]:
-        self.say(f"  training dense baseline {cell.model.display}/{cell.dataset.display} "
-                 f"seed={cell.seed} ({cell.train.epochs} epochs)")  # the log's own wording
+    def _train_baseline(self, cell: Cell, model: nn.Module, label: str
+                        ) -> tuple[nn.Module, float]:
+        self.say(f"  training dense baseline {label} ({cell.train.epochs} epochs)")
         with self.epochs_bar(f"dense {cell.model.display}", cell.train.epochs) as bar:
             stats = train(model, self.data, seed=cell.seed, progress=bar,
                           **budget_kwargs(cell.train))
